@@ -1,0 +1,47 @@
+"""``preftune <command>``: every config key is a flag; ``--config FILE.yaml`` supplies defaults."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import add_arguments, build_config
+
+
+def _commands() -> dict:
+    """name -> (config class, runner, one-line help); imported lazily so ``--help`` stays fast."""
+    from .config import SFTConfig
+    from .recipes.sft import run_sft
+    from .tasks.commands import TinyConfig, run_tiny
+    return {
+        "sft": (SFTConfig, run_sft, "supervised fine-tuning on demonstrations (prompt tokens masked)"),
+        "tiny": (TinyConfig, run_tiny, "build a tiny Llama model and BPE tokenizer offline from a text file"),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="preftune", description="Tune language models on preferences.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (cls, _, help_text) in _commands().items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p, cls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    cls, runner, _ = _commands()[args.command]
+    from .data import DataError
+    from .train import TrainingError
+    try:
+        cfg = build_config(cls, args)
+        runner(cfg)
+    except (DataError, TrainingError, ValueError, FileNotFoundError, OSError) as e:
+        print(f"preftune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

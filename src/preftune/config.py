@@ -1,0 +1,140 @@
+"""Dataclass configs: a YAML file plus ``--key value`` overrides; the resolved config is saved
+with every run as ``config.yaml``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+def opt(default, help: str, choices=None):
+    """A config field with its help text (shown by ``--help``)."""
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    data: str = opt(None, "training data: a .jsonl/.json/.parquet/.csv file, a folder of them, or a hub dataset name")
+    split: str = opt("train", "split to read from a hub dataset or folder")
+    eval_data: str = opt(None, "held-out data (same formats); default: eval_fraction of --data")
+    eval_fraction: float = opt(0.0, "share of --data held out for evaluation when --eval_data is not given")
+    columns: dict = opt({}, "rename columns onto ours, e.g. {question: prompt, response_j: chosen, response_k: rejected}")
+    max_length: int = opt(512, "maximum tokens of prompt + completion")
+    max_prompt_length: int = opt(256, "maximum prompt tokens; longer prompts are truncated")
+    truncation_side: str = opt("left", "which end of a too-long prompt is cut", ["left", "right"])
+    on_bad_row: str = opt("error", "a malformed row stops the run (error) or is skipped and recorded in rejected_rows.jsonl (skip)", ["error", "skip"])
+
+
+@dataclass
+class ModelConfig:
+    model: str = opt(None, "model: a local folder or a hub name")
+    dtype: str = opt("float32", "compute precision: float32, or bfloat16 autocast with float32 master weights", ["float32", "bfloat16"])
+    trust_remote_code: bool = opt(False, "allow a hub model's own Python code to run")
+    lora_r: int = opt(0, "LoRA rank; 0 trains all weights")
+    lora_alpha: int = opt(16, "LoRA alpha")
+    lora_dropout: float = opt(0.0, "LoRA dropout")
+    lora_target_modules: list = opt([], "modules LoRA adapts (default: all linear layers)")
+    merge_lora: bool = opt(True, "merge LoRA weights into the base model when saving final/")
+
+
+@dataclass
+class TrainConfig(DataConfig, ModelConfig):
+    output_dir: str = opt("runs/run", "folder for config, metrics, checkpoints and final/")
+    max_steps: int = opt(100, "optimizer steps")
+    batch_size: int = opt(8, "examples per micro-batch per process")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    lr: float = opt(5e-5, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_betas: list = opt([0.9, 0.999], "AdamW betas")
+    lr_scheduler: str = opt("cosine", "decay after warm-up", ["cosine", "linear", "constant"])
+    warmup_steps: int = opt(0, "linear warm-up steps")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 = off)")
+    seed: int = opt(0, "seed for weights, data order and sampling")
+    log_steps: int = opt(1, "write metrics every N steps")
+    eval_steps: int = opt(0, "evaluate every N steps (0 = only at the end)")
+    save_steps: int = opt(0, "checkpoint every N steps (0 = no intermediate checkpoints)")
+    keep_checkpoints: int = opt(2, "keep the last K checkpoints")
+    resume: bool = opt(False, "continue from the latest checkpoint in --output_dir")
+    max_bad_steps: int = opt(5, "abort after this many non-finite losses in a row (each is skipped)")
+    threads: int = opt(0, "torch CPU threads (0 = torch's default)")
+    progress: bool = opt(True, "show a progress bar")
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    sft_on_chosen: bool = opt(False, "with a preference dataset: learn its chosen completions (π_ref = argmax likelihood of y_w)")
+    train_on_prompt: bool = opt(False, "count prompt tokens in the loss")
+    lr: float = opt(1e-4, "peak learning rate (AdamW)")
+
+
+def _parse_value(text: str, typ):
+    origin = typing.get_origin(typ) or typ
+    if typ is bool or origin is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    if origin in (dict, list):
+        value = yaml.safe_load(text)
+        if origin is list and isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, origin):
+            raise argparse.ArgumentTypeError(f"expected a {origin.__name__}, got {text!r}")
+        return value
+    if origin in (int, float):
+        return origin(text)
+    return None if text.lower() in ("none", "null") else text
+
+
+def _field_type(cls, f):
+    hints = typing.get_type_hints(cls)
+    return hints[f.name]
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """Add ``--config`` and one ``--key`` flag per field of ``cls`` to ``parser``."""
+    parser.add_argument("--config", help="YAML file of config keys; flags override it")
+    for f in dataclasses.fields(cls):
+        typ = _field_type(cls, f)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        parser.add_argument(f"--{f.name}", dest=f.name, default=argparse.SUPPRESS,
+                            type=lambda s, t=typ: _parse_value(s, t), metavar=typ.__name__.upper(),
+                            help=f"{f.metadata.get('help', '')} (default: {json.dumps(default)})")
+
+
+def build_config(cls, args: argparse.Namespace | dict):
+    """YAML file (``args.config``) then explicit flags, over the dataclass defaults."""
+    given = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
+    values = {}
+    path = given.pop("config", None)
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys")
+        values.update(loaded)
+    values.update({k: v for k, v in given.items() if k != "command"})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}")
+    cfg = cls(**values)
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, f.name) not in choices:
+            raise ValueError(f"--{f.name} must be one of {choices}, got {getattr(cfg, f.name)!r}")
+    return cfg
+
+
+def save_config(cfg, path: Path) -> None:
+    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

@@ -1,0 +1,48 @@
+"""From a data source to tokenised examples: load, detect the kind, validate, render, tokenise."""
+from __future__ import annotations
+
+import random
+
+from .errors import BadRows, DataError
+from .load import load_rows
+from .schema import detect_kind, validate
+from .tokenize import Encoder
+
+
+def encode_rows(rows, kind: str, encoder: Encoder, bad: BadRows) -> list[dict]:
+    examples = []
+    for row in rows:
+        try:
+            examples.append(encoder.encode(row, validate(row, kind)))
+        except DataError as err:
+            bad.handle(err)
+    return examples
+
+
+def build_examples(cfg, tokenizer, expect: tuple[str, ...], bad: BadRows):
+    """Train and eval examples from ``cfg.data`` (and ``cfg.eval_data`` or ``cfg.eval_fraction``).
+
+    Returns (train, eval, kind). Bad rows raise or are recorded in ``bad``; an empty result is an
+    error either way.
+    """
+    if not cfg.data:
+        raise DataError("--data", None, None, "no training data given", kind="missing_file")
+    encoder = Encoder(tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.truncation_side)
+    rows = load_rows(cfg.data, split=cfg.split, columns=cfg.columns, bad=bad)
+    kind = detect_kind(rows, cfg.data, expect)
+    train = encode_rows(rows, kind, encoder, bad)
+    evals = []
+    if cfg.eval_data:
+        eval_rows = load_rows(cfg.eval_data, split="test", columns=cfg.columns, bad=bad)
+        evals = encode_rows(eval_rows, detect_kind(eval_rows, cfg.eval_data, (kind,)), encoder, bad)
+    elif cfg.eval_fraction > 0 and len(train) > 1:
+        order = list(range(len(train)))
+        random.Random(cfg.seed).shuffle(order)
+        n_eval = max(1, int(round(cfg.eval_fraction * len(train))))
+        evals = [train[i] for i in sorted(order[:n_eval])]
+        train = [train[i] for i in sorted(order[n_eval:])]
+    if not train:
+        raise DataError(cfg.data, None, None,
+                        f"no usable rows ({bad.summary()['skipped_rows']} skipped; see rejected_rows.jsonl)",
+                        kind="empty_dataset")
+    return train, evals, kind

@@ -1,0 +1,6 @@
+"""Model loading (policy, reference, reward, critic), LoRA, log-prob helpers, the tiny model."""
+from .load import load_causal_lm, load_reward_model, load_tokenizer, save_model
+from .logprobs import CausalLMScorer, RewardScorer, token_logps
+
+__all__ = ["CausalLMScorer", "RewardScorer", "load_causal_lm", "load_reward_model", "load_tokenizer",
+           "save_model", "token_logps"]

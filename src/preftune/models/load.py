@@ -1,0 +1,60 @@
+"""Load models and tokenizers with ``transformers`` Auto classes from a folder or a hub name;
+weights through safetensors; ``trust_remote_code`` only when asked; optional LoRA through peft."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+
+def load_tokenizer(name: str, *, trust_remote_code: bool = False):
+    tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _lora(model, cfg, task_type: str):
+    from peft import LoraConfig, get_peft_model
+    targets = list(cfg.lora_target_modules) or "all-linear"
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        target_modules=targets, task_type=task_type)
+    return get_peft_model(model, config)
+
+
+def load_causal_lm(name: str, cfg=None, *, trainable: bool = True):
+    """A causal LM in float32 (``--dtype bfloat16`` is autocast over float32 master weights).
+    With ``cfg.lora_r > 0`` and ``trainable``, LoRA adapters wrap it."""
+    trust = bool(cfg and cfg.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, trust_remote_code=trust,
+                                                 use_safetensors=True)
+    if trainable and cfg is not None and cfg.lora_r > 0:
+        model = _lora(model, cfg, "CAUSAL_LM")
+    if not trainable:
+        model.eval().requires_grad_(False)
+    return model
+
+
+def load_reward_model(name: str, cfg=None, *, trainable: bool = True, pad_token_id: int | None = None):
+    """A sequence classifier with one output (a scalar reward), as the notes recommend."""
+    trust = bool(cfg and cfg.trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        name, num_labels=1, dtype=torch.float32, trust_remote_code=trust, use_safetensors=True)
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    if trainable and cfg is not None and cfg.lora_r > 0:
+        model = _lora(model, cfg, "SEQ_CLS")
+    if not trainable:
+        model.eval().requires_grad_(False)
+    return model
+
+
+def save_model(model, tokenizer, path: Path, *, merge_lora: bool = True) -> None:
+    """A ``save_pretrained`` folder (safetensors) that plain ``transformers`` loads."""
+    model = getattr(model, "module", model)  # DDP
+    if hasattr(model, "peft_config") and merge_lora:
+        model = model.merge_and_unload()
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)

@@ -1,0 +1,67 @@
+"""Set-up shared by every recipe: threads, seeds, process group, run folder, tokenizer, data."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data import BadRows, build_examples
+from ..models import load_tokenizer
+from ..train import RunDir
+from ..train import distributed
+
+
+@dataclass
+class Setup:
+    cfg: object
+    run: RunDir
+    bad: BadRows
+    rank: int
+    world: int
+    device: torch.device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def start(cfg) -> Setup:
+    """Threads, process group, seeds, the run folder with its config.yaml."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world, device = distributed.init()
+    seed_everything(cfg.seed)
+    run = RunDir(cfg.output_dir, main=rank == 0)
+    run.save_config(cfg)
+    return Setup(cfg, run, BadRows(cfg.on_bad_row), rank, world, device)
+
+
+def require_model(cfg) -> str:
+    if not cfg.model:
+        raise ValueError("--model is required (a folder or a hub name); `preftune demo` builds a tiny one")
+    return cfg.model
+
+
+def tokenizer_and_data(setup: Setup, expect: tuple[str, ...]):
+    """Tokenizer of --model and the tokenised train / eval examples; skipped rows are written out."""
+    cfg = setup.cfg
+    tokenizer = load_tokenizer(require_model(cfg), trust_remote_code=cfg.trust_remote_code)
+    try:
+        train, evals, kind = build_examples(cfg, tokenizer, expect, setup.bad)
+    finally:
+        if setup.rank == 0:
+            setup.bad.write(setup.run.path)
+    return tokenizer, train, evals, kind
+
+
+def summary_extra(setup: Setup, train, evals, kind: str) -> dict:
+    return {"dataset_kind": kind, "train_examples": len(train), "eval_examples": len(evals),
+            "world_size": setup.world, **setup.bad.summary()}
+
+
+def move(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

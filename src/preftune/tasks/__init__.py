@@ -1,0 +1,1 @@
+"""Embedded tasks: corpora, prompts and ground-truth rewards that need nothing downloaded."""

@@ -1,0 +1,194 @@
+"""The one training loop. A recipe supplies the trainable module, a batch source and
+``step(batch) -> (loss_sum, metrics)``; this loop does the rest: AdamW, warm-up + decay, gradient
+accumulation, clipping, bf16 autocast, DDP, evaluation, logging, atomic checkpoints, resume and the
+non-finite-loss guard.
+
+Normalisation: ``step`` returns the *sum* of per-item losses of its micro-batch and ``count(batch)``
+the number of items (tokens for SFT, pairs for DPO). Each micro-batch's loss is divided by the
+item count of the whole global batch (summed over micro-batches and processes), so one process with
+batch 2B and two processes with batch B give the same gradient.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+from transformers import get_scheduler
+
+from . import checkpoint, distributed
+from .run import RunDir
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class ExampleStream:
+    """Deterministic micro-batches: global example position k maps to epoch k // n and a permutation
+    seeded by (seed, epoch), so the data position is a function of the step alone and every rank
+    takes its own slice of each global micro-batch."""
+
+    def __init__(self, examples: list, collate: Callable, batch_size: int, grad_accum: int, *,
+                 seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
+        self.examples, self.collate = examples, collate
+        self.batch_size, self.grad_accum = batch_size, grad_accum
+        self.seed, self.rank, self.world, self.shuffle = seed, rank, world, shuffle
+        self._perms: dict[int, list[int]] = {}
+
+    def _index(self, k: int) -> int:
+        n = len(self.examples)
+        epoch = k // n
+        if not self.shuffle:
+            return k % n
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._perms = {epoch: torch.randperm(n, generator=g).tolist()}
+        return self._perms[epoch][k % n]
+
+    def __call__(self, step: int, micro: int):
+        per_step = self.batch_size * self.grad_accum * self.world
+        start = step * per_step + (micro * self.world + self.rank) * self.batch_size
+        return self.collate([self.examples[self._index(k)] for k in range(start, start + self.batch_size)])
+
+
+@dataclass
+class Trainer:
+    cfg: object                                   # TrainConfig
+    run: RunDir
+    model: torch.nn.Module                        # trainable module (wrapped in DDP when distributed)
+    batches: Callable[[int, int], dict]           # (step, micro) -> batch
+    step_fn: Callable[[torch.nn.Module, dict], tuple]   # (model, batch) -> (loss_sum, metrics)
+    count_fn: Callable[[dict], int]               # batch -> items in its loss sum
+    evaluate: Callable[[], dict] | None = None    # () -> metrics on held-out data
+    save_final: Callable[[], None] | None = None
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    summary_extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        cfg = self.cfg
+        self.module = self.model
+        self.ddp_model = distributed.wrap(self.model, self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
+                                           weight_decay=cfg.weight_decay)
+        self.scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps,
+                                       num_training_steps=cfg.max_steps)
+        self.step = 0
+        self.bad_in_row = 0
+        self.bad_total = 0
+
+    def _autocast(self):
+        if self.cfg.dtype == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _resume(self) -> None:
+        found = checkpoint.list_checkpoints(self.run.checkpoints)
+        if not found:
+            if self.rank == 0:
+                print(f"--resume: no checkpoint in {self.run.checkpoints}; starting from step 0")
+            return
+        state = checkpoint.load(found[-1], self.module, self.optimizer, self.scheduler)
+        self.step = state["step"]
+        self.bad_total = state.get("bad_steps", 0)
+        self.run.truncate_metrics(self.step)
+        if self.rank == 0:
+            print(f"resumed from {found[-1]} (step {self.step})")
+
+    def _save_checkpoint(self) -> None:
+        if self.rank == 0:
+            checkpoint.save(self.run.checkpoints, self.step, self.module, self.optimizer, self.scheduler,
+                            {"bad_steps": self.bad_total}, self.cfg.keep_checkpoints)
+        distributed.barrier()
+
+    def train_step(self) -> dict | None:
+        """One optimizer step over grad_accum micro-batches; None when skipped (non-finite)."""
+        cfg = self.cfg
+        micro = [self.batches(self.step, m) for m in range(cfg.grad_accum)]
+        counts = [self.count_fn(b) for b in micro]
+        tokens = sum(int(v.sum()) for b in micro for k, v in b.items() if k.endswith("attention_mask"))
+        total, tokens = distributed.all_sum([sum(counts), tokens], self.device)
+        self.ddp_model.train()
+        loss_sum, sums = 0.0, {}
+        finite = True
+        for m, (batch, n) in enumerate(zip(micro, counts)):
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            sync = nullcontext() if m == len(micro) - 1 or self.world == 1 else self.ddp_model.no_sync()
+            with sync:
+                with self._autocast():
+                    loss, metrics = self.step_fn(self.ddp_model, batch)
+                finite &= bool(torch.isfinite(loss.detach()))
+                (loss * self.world / max(total, 1)).backward()
+            loss_sum += float(loss.detach())
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad],
+            cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        keys = sorted(sums)
+        reduced = distributed.all_sum([loss_sum, float(not finite)] + [sums[k] for k in keys], self.device)
+        finite = reduced[1] == 0 and math.isfinite(float(grad_norm))
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            return None
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        out = {"loss": reduced[0] / max(total, 1), "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
+        out.update({k: v / max(total, 1) for k, v in zip(keys, reduced[2:])})
+        return out
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if cfg.resume:
+            self._resume()
+        start_step, start_time = self.step, time.perf_counter()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=self.rank != 0 or not cfg.progress,
+                   dynamic_ncols=True)
+        tokens_done, last, final_eval = 0, None, None
+        while self.step < cfg.max_steps:
+            metrics = self.train_step()
+            self.step += 1
+            if metrics is None:
+                self.bad_in_row += 1
+                self.bad_total += 1
+                if self.bad_in_row >= cfg.max_bad_steps:
+                    raise TrainingError(f"loss or gradient was not finite for {self.bad_in_row} steps in a row "
+                                        f"(step {self.step}); lower --lr or check the data")
+                continue
+            self.bad_in_row = 0
+            tokens_done += metrics["tokens"]
+            elapsed = time.perf_counter() - start_time
+            metrics["tokens_per_s"] = tokens_done / max(elapsed, 1e-9)
+            last = metrics
+            if self.evaluate and (cfg.eval_steps and self.step % cfg.eval_steps == 0 or self.step == cfg.max_steps):
+                final_eval = self.evaluate()
+                metrics.update({f"eval/{k}": v for k, v in final_eval.items()})
+            if self.step % cfg.log_steps == 0 or self.step == cfg.max_steps:
+                self.run.log(self.step, metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            bar.update(1)
+            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
+                self._save_checkpoint()
+        bar.close()
+        elapsed = time.perf_counter() - start_time
+        summary = {"steps": self.step, "steps_this_run": self.step - start_step, "wall_s": round(elapsed, 3),
+                   "tokens_per_s": tokens_done / max(elapsed, 1e-9), "skipped_steps": self.bad_total,
+                   "final_train": last, **self.summary_extra}
+        if self.evaluate:
+            summary["eval"] = final_eval if final_eval is not None else self.evaluate()
+        if self.rank == 0 and self.save_final:
+            self.save_final()
+        distributed.barrier()
+        self.run.write_summary(summary)
+        self.run.close()
+        return summary
