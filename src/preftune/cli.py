@@ -10,11 +10,17 @@ from .config import add_arguments, build_config
 
 def _commands() -> dict:
     """name -> (config class, runner, one-line help); imported lazily so ``--help`` stays fast."""
-    from .config import SFTConfig
+    from .config import DPOConfig, RMConfig, SFTConfig
+    from .recipes.dpo import run_dpo
+    from .recipes.reward import run_rm
+    from .recipes.score import ScoreConfig, run_score
     from .recipes.sft import run_sft
     from .tasks.commands import TinyConfig, run_tiny
     return {
         "sft": (SFTConfig, run_sft, "supervised fine-tuning on demonstrations (prompt tokens masked)"),
+        "rm": (RMConfig, run_rm, "train a reward model: Bradley–Terry pairs, K-wise rankings or best-of-n"),
+        "dpo": (DPOConfig, run_dpo, "DPO and its family (IPO, SimPO, cDPO, DPO-Positive, RSO hinge, ORPO, ...)"),
+        "score": (ScoreConfig, run_score, "rewards for (prompt, completion) rows from a reward model or callable"),
         "tiny": (TinyConfig, run_tiny, "build a tiny Llama model and BPE tokenizer offline from a text file"),
     }
 

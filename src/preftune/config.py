@@ -77,7 +77,7 @@ class SFTConfig(TrainConfig):
     lr: float = opt(1e-4, "peak learning rate (AdamW)")
 
 
-def _parse_value(text: str, typ):
+def _parse_value(text: str, typ, choices=None):
     origin = typing.get_origin(typ) or typ
     if typ is bool or origin is bool:
         if text.lower() in ("1", "true", "yes", "on"):
@@ -94,6 +94,8 @@ def _parse_value(text: str, typ):
         return value
     if origin in (int, float):
         return origin(text)
+    if choices and text in choices:
+        return text
     return None if text.lower() in ("none", "null") else text
 
 
@@ -109,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         typ = _field_type(cls, f)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         parser.add_argument(f"--{f.name}", dest=f.name, default=argparse.SUPPRESS,
-                            type=lambda s, t=typ: _parse_value(s, t), metavar=typ.__name__.upper(),
+                            type=lambda s, t=typ, c=f.metadata.get("choices"): _parse_value(s, t, c), metavar=typ.__name__.upper(),
                             help=f"{f.metadata.get('help', '')} (default: {json.dumps(default)})")
 
 
@@ -138,3 +140,27 @@ def build_config(cls, args: argparse.Namespace | dict):
 
 def save_config(cfg, path: Path) -> None:
     path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+
+
+@dataclass
+class RMConfig(TrainConfig):
+    lr: float = opt(1e-4, "peak learning rate (AdamW)")
+    ranking_objective: str = opt("pairs", "for ranking data: all C(K,2) ordered pairs (pairs, InstructGPT) or K-way best-of-n cross-entropy (best_of_n)", ["pairs", "best_of_n"])
+    use_margin: bool = opt(True, "subtract a row's 'margin' column inside the pairwise loss when present (Llama-2)")
+    center_rewards_coef: float = opt(0.0, "reward centering: add coef · mean(r²) to the loss (0 = off)")
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    loss: str = opt("sigmoid", "preference loss: a name in preftune.losses.preference.PREFERENCE_LOSSES")
+    beta: float = opt(0.1, "β: strength of the implicit KL constraint (τ for IPO)")
+    ref: str = opt("model", "reference: a frozen model (model; with LoRA, the policy with adapters off), log-probs computed once before training (precomputed), or none for reference-free losses", ["model", "precomputed", "none"])
+    ref_model: str = opt(None, "folder or hub name of π_ref (default: --model)")
+    label_smoothing: float = opt(0.0, "ε for cDPO (sigmoid) and robust DPO: assumed label-flip rate")
+    gamma: float = opt(0.5, "SimPO target reward margin γ")
+    lambda_: float = opt(50.0, "DPO-Positive penalty weight λ")
+    ipo_average_logps: bool = opt(True, "IPO on length-averaged log-probs, as the IPO paper does")
+    nll_coef: float = opt(None, "add coef · NLL per token of the chosen completion (ORPO's SFT term; default 1 for orpo, else 0)")
+    sft_on_chosen: bool = opt(False, "first fit π_ref by maximum likelihood on the chosen completions, then run DPO from it")
+    sft_steps: int = opt(100, "steps of that SFT phase")
+    lr: float = opt(5e-5, "peak learning rate (AdamW)")

@@ -1,0 +1,42 @@
+"""``preftune score``: rewards for (prompt, completion) rows from a reward source, as JSONL."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import opt
+from ..data import BadRows, detect_kind, load_rows, validate
+from ..rewards import load_reward_source
+
+
+@dataclass
+class ScoreConfig:
+    reward: str = opt(None, "reward-model folder or module:function")
+    data: str = opt(None, "rows with prompt + completion (or prompt + chosen + rejected)")
+    output: str = opt("scores.jsonl", "where to write the rows with their reward(s)")
+    batch_size: int = opt(32, "rows per forward pass")
+    on_bad_row: str = opt("error", "error or skip", ["error", "skip"])
+
+
+def run_score(cfg: ScoreConfig) -> None:
+    bad = BadRows(cfg.on_bad_row)
+    rows = load_rows(cfg.data, bad=bad)
+    kind = detect_kind(rows, cfg.data, ("preference", "sft"))
+    examples = []
+    for row in rows:
+        try:
+            examples.append((row, validate(row, kind)))
+        except Exception as err:  # noqa: BLE001 - DataError
+            bad.handle(err)
+    source = load_reward_source(cfg.reward, batch_size=cfg.batch_size)
+    fields = ("chosen", "rejected") if kind == "preference" else ("completion",)
+    scores = {f: source([e["prompt"] for _, e in examples], [e[f] for _, e in examples]) for f in fields}
+    with open(cfg.output, "w", encoding="utf-8") as out:
+        for i, (row, _) in enumerate(examples):
+            record = dict(row.data)
+            for f in fields:
+                record["reward" if f == "completion" else f"reward_{f}"] = scores[f][i]
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    bad.write(Path(cfg.output).parent)
+    print(f"scored {len(examples)} rows into {cfg.output}")
