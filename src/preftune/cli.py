@@ -10,7 +10,8 @@ from .config import add_arguments, build_config
 
 def _commands() -> dict:
     """name -> (config class, runner, one-line help); imported lazily so ``--help`` stays fast."""
-    from .config import DPOConfig, RMConfig, SFTConfig
+    from .config import DPOConfig, PPOConfig, RMConfig, SFTConfig
+    from .recipes.ppo import run_ppo
     from .recipes.dpo import run_dpo
     from .recipes.reward import run_rm
     from .recipes.score import ScoreConfig, run_score
@@ -20,6 +21,7 @@ def _commands() -> dict:
         "sft": (SFTConfig, run_sft, "supervised fine-tuning on demonstrations (prompt tokens masked)"),
         "rm": (RMConfig, run_rm, "train a reward model: Bradley–Terry pairs, K-wise rankings or best-of-n"),
         "dpo": (DPOConfig, run_dpo, "DPO and its family (IPO, SimPO, cDPO, DPO-Positive, RSO hinge, ORPO, ...)"),
+        "ppo": (PPOConfig, run_ppo, "online RLHF: PPO with a critic and per-token KL penalty, or RLOO / GRPO"),
         "score": (ScoreConfig, run_score, "rewards for (prompt, completion) rows from a reward model or callable"),
         "tiny": (TinyConfig, run_tiny, "build a tiny Llama model and BPE tokenizer offline from a text file"),
     }

@@ -38,20 +38,34 @@ class CausalLMScorer(nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor):
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, *, with_entropy: bool = False,
+                with_hidden: bool = False):
+        """(token log-probs (N, T−1), mask (N, T−1)); with_entropy adds the per-token entropy of the
+        policy there, with_hidden the decoder's last hidden states (N, T, H)."""
         targets = labels[:, 1:]
         mask = targets != IGNORE
         lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        pos = position_ids(attention_mask)
         if _plain_head(lm):
             hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                     position_ids=position_ids(attention_mask)).last_hidden_state
+                                     position_ids=pos).last_hidden_state
             logits = lm.get_output_embeddings()(hidden[:, :-1][mask])
         else:
-            logits = self.lm(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids(attention_mask)).logits[:, :-1][mask]
-        out = torch.zeros(targets.shape, dtype=torch.float32, device=input_ids.device)
-        out[mask] = token_logps(logits, targets[mask])
-        return out, mask
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                          output_hidden_states=with_hidden)
+            hidden = out.hidden_states[-1] if with_hidden else None
+            logits = out.logits[:, :-1][mask]
+        logps = torch.zeros(targets.shape, dtype=torch.float32, device=input_ids.device)
+        logps[mask] = token_logps(logits, targets[mask])
+        result = (logps, mask)
+        if with_entropy:
+            entropy = torch.zeros_like(logps)
+            lp = torch.log_softmax(logits.float(), -1)
+            entropy[mask] = -(lp.exp() * lp).sum(-1)
+            result += (entropy,)
+        if with_hidden:
+            result += (hidden,)
+        return result
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:
@@ -65,6 +79,15 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
     return (positions * attention_mask).argmax(-1)
 
 
+def classifier_outputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """A one-output sequence classifier's score head applied at every position: (N, T)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, base.base_model_prefix)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask,
+                  position_ids=position_ids(attention_mask)).last_hidden_state
+    return base.score(hidden).squeeze(-1).float()
+
+
 class RewardScorer(nn.Module):
     """forward(input_ids, attention_mask) → (N,) scalar rewards read at each row's last real token,
     whichever side the padding is on."""
@@ -74,9 +97,5 @@ class RewardScorer(nn.Module):
         self.model = model
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        body = getattr(base, base.base_model_prefix)
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids(attention_mask)).last_hidden_state
-        last = hidden[torch.arange(len(hidden), device=hidden.device), last_token_index(attention_mask)]
-        return base.score(last).squeeze(-1).float()
+        scores = classifier_outputs(self.model, input_ids, attention_mask)
+        return scores[torch.arange(len(scores), device=scores.device), last_token_index(attention_mask)]

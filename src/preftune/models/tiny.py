@@ -43,7 +43,8 @@ def build_tiny(out_dir: str | Path, texts: Iterable[str], *, vocab_size: int = 4
     texts = list(texts)
     tokenizer = build_tokenizer(texts, vocab_size)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_config(len(tokenizer), hidden=hidden, layers=layers, heads=heads))
+    # The vocabulary is the requested size even when a small corpus yields fewer merges.
+    model = LlamaForCausalLM(tiny_config(max(vocab_size, len(tokenizer)), hidden=hidden, layers=layers, heads=heads))
     out = Path(out_dir)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

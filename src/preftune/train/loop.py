@@ -70,6 +70,7 @@ class Trainer:
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     summary_extra: dict = field(default_factory=dict)
+    state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None   # recipe state kept in checkpoints
 
     def __post_init__(self):
         cfg = self.cfg
@@ -98,6 +99,8 @@ class Trainer:
         state = checkpoint.load(found[-1], self.module, self.optimizer, self.scheduler)
         self.step = state["step"]
         self.bad_total = state.get("bad_steps", 0)
+        if self.state is not None:
+            self.state[1](state.get("recipe", {}))
         self.run.truncate_metrics(self.step)
         if self.rank == 0:
             print(f"resumed from {found[-1]} (step {self.step})")
@@ -105,7 +108,8 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         if self.rank == 0:
             checkpoint.save(self.run.checkpoints, self.step, self.module, self.optimizer, self.scheduler,
-                            {"bad_steps": self.bad_total}, self.cfg.keep_checkpoints)
+                            {"bad_steps": self.bad_total, "recipe": self.state[0]() if self.state else {}},
+                            self.cfg.keep_checkpoints)
         distributed.barrier()
 
     def train_step(self) -> dict | None:
@@ -169,6 +173,7 @@ class Trainer:
             tokens_done += metrics["tokens"]
             elapsed = time.perf_counter() - start_time
             metrics["tokens_per_s"] = tokens_done / max(elapsed, 1e-9)
+            metrics["elapsed_s"] = elapsed
             last = metrics
             if self.evaluate and (cfg.eval_steps and self.step % cfg.eval_steps == 0 or self.step == cfg.max_steps):
                 final_eval = self.evaluate()

@@ -1,0 +1,56 @@
+"""Shared benchmark set-up: the benchmark model (Llama, hidden 256, 4 layers, vocab 4096), its data,
+the CPU's measured matmul peak, and peak RSS. Standard library + torch + transformers only, so the
+TRL baseline (run from its own virtualenv) can import it too."""
+from __future__ import annotations
+
+import json
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+WORDS = ("the a film movie story plot cast acting music score scene ending director script was is felt "
+         "great good fine superb lovely warm funny clever bright bold awful bad dull slow boring thin flat "
+         "weak messy long short and but yet so very quite rather too not at all in of with by for").split()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak_gflops(dtype=torch.float32, n: int = 1024, seconds: float = 1.5) -> float:
+    """Measured dense matmul rate on this machine (GFLOP/s), the denominator of MFU."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * n ** 3 * count / (time.perf_counter() - start) / 1e9
+
+
+def sentence(rng: random.Random, lo: int, hi: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+
+def preference_rows(n: int, seed: int = 0) -> list[dict]:
+    """Pairs whose prompt + completion stays within 128 tokens of the benchmark tokenizer."""
+    rng = random.Random(seed)
+    return [{"prompt": sentence(rng, 6, 20), "chosen": " " + sentence(rng, 20, 80) + ".",
+             "rejected": " " + sentence(rng, 20, 80) + "."} for _ in range(n)]
+
+
+def print_json(record: dict) -> None:
+    json.dump(record, sys.stdout)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def n_params(model_dir: Path) -> int:
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return sum(p.numel() for p in model.parameters())

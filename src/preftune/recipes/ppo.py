@@ -1,0 +1,270 @@
+"""Online RLHF (InstructGPT step 3): sample from π_θ, score with a reward source, optimise with PPO
+under a per-token KL penalty to the frozen π_ref — or critic-free with RLOO or GRPO.
+
+Per "The N implementation details of RLHF with PPO" (Huang et al. 2024): sampled tokens' log-probs
+are recomputed with a training-precision forward; the per-token reward is −β·KL_t plus the sequence
+reward on the last response token; the critic starts from the reward model; GAE, advantage
+whitening, clipped surrogate and value losses, entropy bonus, several epochs of minibatches.
+One loop step is one minibatch update; each iteration's rollout is made when its first update asks
+for it, so checkpoints (taken at iteration boundaries) resume to the same rollouts.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from ..data import BadRows, build_examples, collate
+from ..data.dataset import encode_rows
+from ..losses.ppo import gae, kl_estimate, masked_mean, policy_loss, value_loss, whiten
+from ..models import CausalLMScorer, load_causal_lm, load_reward_model, save_model
+from ..models.logprobs import classifier_outputs
+from ..rewards import RewardModel, load_reward_source
+from ..rewards.shaping import KLController, RunningMoments, shape_scores
+from ..rollout import generate
+from ..train import Trainer
+from ..train.loop import ExampleStream
+from .common import move, start, summary_extra, tokenizer_and_data
+
+
+class ActorCritic(nn.Module):
+    """The trained models in one module (one optimizer, one DDP wrapper): the policy and, for PPO,
+    a separate critic (a one-output sequence classifier read at every position) or a value head on
+    the policy's last hidden states."""
+
+    def __init__(self, policy_lm, critic=None, shared_head: bool = False):
+        super().__init__()
+        self.policy = CausalLMScorer(policy_lm)
+        self.critic = critic
+        self.value_head = nn.Linear(policy_lm.config.hidden_size, 1) if shared_head else None
+        if self.value_head is not None:
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask, labels, ptx: dict | None = None) -> dict:
+        """Per-token log-probs, mask, entropy and values over shifted positions (N, T−1) (values None
+        without a critic; position t's value is V of the state before token t+1), and with a ``ptx``
+        batch the policy's mean NLL on it — all in one forward call so DDP sees every use."""
+        shared = self.value_head is not None
+        out = self.policy(input_ids, attention_mask, labels, with_entropy=True, with_hidden=shared)
+        result = {"logps": out[0], "mask": out[1], "entropy": out[2], "values": None}
+        if shared:
+            result["values"] = self.value_head(out[3]).squeeze(-1)[:, :-1].float()
+        elif self.critic is not None:
+            result["values"] = classifier_outputs(self.critic, input_ids, attention_mask)[:, :-1]
+        if ptx is not None:
+            lp, pm = self.policy(ptx["input_ids"], ptx["attention_mask"], ptx["labels"])
+            result["ptx_nll"] = -lp.sum() / pm.sum().clamp(min=1)
+        return result
+
+
+def explained_variance(values, returns, mask) -> float:
+    var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    resid = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
+    return float(1 - resid / var) if var > 0 else float("nan")
+
+
+class Rollouts:
+    """Makes one iteration's rollout on demand and serves its minibatches (ppo_epochs passes)."""
+
+    def __init__(self, cfg, setup, tokenizer, prompts, model: ActorCritic, ref: CausalLMScorer, reward_fn):
+        self.cfg, self.setup, self.tok = cfg, setup, tokenizer
+        self.model, self.ref, self.reward_fn = model, ref, reward_fn
+        self.size = cfg.rollout_batch_size * cfg.num_samples
+        self.minibatch = cfg.batch_size * cfg.grad_accum
+        if self.size % self.minibatch:
+            raise ValueError(f"rollout_batch_size·num_samples ({self.size}) must be a multiple of "
+                             f"batch_size·grad_accum ({self.minibatch})")
+        self.updates_per_iteration = cfg.ppo_epochs * self.size // self.minibatch
+        self.prompts = ExampleStream(prompts, list, cfg.rollout_batch_size, 1, seed=cfg.seed,
+                                     rank=setup.rank, world=setup.world)
+        self.kl = KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+        self.moments = RunningMoments() if cfg.normalize_reward else None
+        self.iteration, self.data, self.metrics = -1, None, {}
+
+    def state(self) -> dict:
+        return {"kl_coef": self.kl.value, "reward_moments": self.moments.state_dict() if self.moments else None}
+
+    def load_state(self, d: dict) -> None:
+        self.kl.value = d.get("kl_coef", self.kl.value)
+        if self.moments and d.get("reward_moments"):
+            self.moments.load_state_dict(d["reward_moments"])
+
+    def autocast(self):
+        dev = self.setup.device
+        return torch.autocast(dev.type, dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16" else nullcontext()
+
+    def sample(self, examples: list[dict], k: int):
+        """Generate k completions per prompt and score them: (batch, raw scores, ended, generation, texts)."""
+        cfg, tok = self.cfg, self.tok
+        prompt_ids = [e["prompt_ids"] for e in examples for _ in range(k)]
+        prompt_texts = [e["prompt_text"] for e in examples for _ in range(k)]
+        gen = generate(self.model.policy.lm, prompt_ids, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
+                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                       top_p=cfg.top_p, batch_size=max(len(prompt_ids), 1))
+        texts = [tok.decode(c, skip_special_tokens=True) for c in gen.completions]
+        scores = torch.tensor(self.reward_fn(prompt_texts, texts), dtype=torch.float32)
+        batch = move(collate(list(zip(prompt_ids, gen.completions)), tok.pad_token_id), self.setup.device)
+        return batch, scores.to(self.setup.device), torch.tensor(gen.ended, device=self.setup.device), gen, texts
+
+    @torch.no_grad()
+    def make(self, iteration: int) -> None:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        batch, raw, ended, gen, _ = self.sample(self.prompts(iteration, 0), self.cfg.num_samples)
+        t_gen = time.perf_counter() - t0
+        self.model.eval()
+        with self.autocast():
+            out = self.model(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            logps, mask, values = out["logps"], out["mask"], out["values"]
+            ref_logps = self.ref(batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+        t_score = time.perf_counter() - t0 - t_gen
+        self.model.train()
+        maskf = mask.float()
+        scores = shape_scores(raw, ended, missing_eos_penalty=cfg.missing_eos_penalty, clip=cfg.reward_clip,
+                              moments=self.moments)
+        kl = kl_estimate(logps, ref_logps, cfg.kl_estimator) * maskf
+        kl_seq = kl.sum(1)
+        beta = self.kl.value
+        last = maskf.shape[1] - 1 - maskf.flip(1).argmax(1)            # last response token
+        data = {**batch, "old_logps": logps, "ref_logps": ref_logps, "mask": maskf}
+        if cfg.algo == "ppo":
+            rewards = -beta * kl
+            rewards[torch.arange(len(last)), last] += scores
+            adv, returns = gae(rewards, values * maskf, maskf, gamma=cfg.gamma, lam=cfg.lam)
+            data.update(old_values=values * maskf, returns=returns)
+            self.metrics["critic/explained_variance"] = explained_variance(values, returns, maskf)
+        else:
+            k = cfg.num_samples
+            seq = (scores - beta * kl_seq if cfg.algo == "rloo" else scores).view(-1, k)
+            if cfg.algo == "rloo":                                      # leave-one-out baseline
+                seq_adv = seq - (seq.sum(1, keepdim=True) - seq) / (k - 1)
+            else:                                                       # GRPO: group-normalised
+                seq_adv = (seq - seq.mean(1, keepdim=True)) / (seq.std(1, keepdim=True) + 1e-4)
+            adv = seq_adv.reshape(-1, 1) * maskf
+        if cfg.whiten_advantages and cfg.algo != "grpo":
+            adv = whiten(adv, maskf)
+        data["advantages"] = adv
+        self.kl.update(float(kl_seq.mean()), self.size * self.setup.world)
+        lengths = maskf.sum(1)
+        self.metrics.update({
+            "rollout/reward_mean": float(raw.mean()), "rollout/reward_std": float(raw.std()) if len(raw) > 1 else 0.0,
+            "rollout/kl": float(kl_seq.mean()), "rollout/kl_coef": beta, "rollout/response_length": float(lengths.mean()),
+            "rollout/eos_share": float(ended.float().mean()), "rollout/gen_tokens_per_s": gen.tokens / max(t_gen, 1e-9),
+            "rollout/gen_s": t_gen, "rollout/score_s": t_score})
+        self.data, self.iteration, self.t_made = data, iteration, time.perf_counter()
+
+    def __call__(self, step: int, micro: int) -> dict:
+        iteration, update = divmod(step, self.updates_per_iteration)
+        if iteration != self.iteration:
+            self.make(iteration)
+        epoch, mb = divmod(update, self.size // self.minibatch)
+        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + iteration * 131 + epoch)
+        order = torch.randperm(self.size, generator=g)
+        start = mb * self.minibatch + micro * self.cfg.batch_size
+        idx = order[start:start + self.cfg.batch_size].to(self.setup.device)
+        part = {k: v[idx] for k, v in self.data.items()}
+        # trim columns that are padding in every row of this micro-batch
+        width = int(part["attention_mask"].sum(0).nonzero().max()) + 1
+        part = {k: v[:, :width] if k in ("input_ids", "attention_mask", "labels") else v[:, :width - 1] for k, v in part.items()}
+        part["rollout_metrics"] = dict(self.metrics)
+        return part
+
+
+def make_step(cfg, ptx=None):
+    def step(model, batch):
+        extra = move(ptx(), batch["input_ids"].device) if ptx is not None else None
+        out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], ptx=extra)
+        logps, entropy, values, m = out["logps"], out["entropy"], out["values"], batch["mask"]
+        pg, clipped = policy_loss(logps, batch["old_logps"], batch["advantages"], clip=cfg.clip_range)
+        per_token = pg - cfg.ent_coef * entropy
+        with torch.no_grad():
+            metrics = {"policy/loss": float(masked_mean(pg, m)), "policy/clipfrac": float(masked_mean(clipped, m)),
+                       "policy/approx_kl": float(masked_mean(0.5 * (logps - batch["old_logps"]) ** 2, m)),
+                       "policy/entropy": float(masked_mean(entropy, m))}
+        if values is not None:
+            vl = value_loss(values, batch["old_values"], batch["returns"], clip=cfg.clip_range_value)
+            per_token = per_token + cfg.vf_coef * vl
+            metrics["critic/loss"] = float(masked_mean(vl.detach(), m))
+        if cfg.algo == "grpo":
+            per_token = per_token + cfg.kl_coef * kl_estimate(logps, batch["ref_logps"], "k3")
+        loss = (per_token * m).sum()
+        if extra is not None:
+            # γ·(mean LM loss on pretraining text), scaled so the loop's per-token normalisation keeps γ
+            loss = loss + cfg.ptx_coef * out["ptx_nll"] * m.sum()
+            metrics["ptx/nll"] = float(out["ptx_nll"].detach())
+        metrics.update(batch["rollout_metrics"])
+        return loss, metrics
+    return step
+
+
+class PtxStream:
+    """Cycles through a text dataset for the PPO-ptx language-model term."""
+
+    def __init__(self, cfg, tokenizer, bad):
+        from dataclasses import replace
+        data_cfg = replace(cfg, data=cfg.ptx_data, eval_data=None, eval_fraction=0.0, columns={})
+        examples = build_examples(data_cfg, tokenizer, ("text", "sft", "messages"), bad)[0]
+        self.pairs = [(e["prompt_ids"], e["completion_ids"]) for e in examples]
+        self.pad, self.n, self.pos, self.bs = tokenizer.pad_token_id, len(self.pairs), 0, cfg.ptx_batch_size
+
+    def __call__(self):
+        rows = [self.pairs[(self.pos + i) % self.n] for i in range(self.bs)]
+        self.pos += self.bs
+        return collate(rows, self.pad)
+
+
+@torch.no_grad()
+def evaluate_policy(rollouts: Rollouts, prompts: list[dict]) -> dict:
+    """Mean raw reward, KL(π‖π_ref) per completion (k1 sum), length and EOS share on held-out prompts."""
+    batch, raw, ended, _, _ = rollouts.sample(prompts, 1)
+    logps, mask = rollouts.model.policy(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    ref = rollouts.ref(batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+    return {"reward": float(raw.mean()), "kl": float(((logps - ref) * mask).sum(1).mean()),
+            "response_length": float(mask.sum(1).float().mean()), "eos_share": float(ended.float().mean())}
+
+
+def build_critic(cfg, reward_is_model: bool):
+    if cfg.algo != "ppo" or cfg.critic == "shared":
+        return None
+    path = cfg.value_model or (cfg.reward if reward_is_model else cfg.model)
+    return load_reward_model(path, cfg)
+
+
+def run_ppo(cfg) -> dict:
+    if not cfg.reward:
+        raise ValueError("--reward is required: a reward-model folder or module:function")
+    if cfg.algo in ("rloo", "grpo") and cfg.num_samples < 2:
+        raise ValueError(f"--algo {cfg.algo} needs --num_samples ≥ 2 (a group per prompt)")
+    setup = start(cfg)
+    tokenizer, train, evals, kind = tokenizer_and_data(setup, ("preference", "ranking", "messages", "sft", "prompt"))
+    reward_fn = load_reward_source(cfg.reward, device=setup.device)
+    policy = load_causal_lm(cfg.model, cfg)
+    critic = build_critic(cfg, isinstance(reward_fn, RewardModel))
+    if critic is not None:
+        critic.config.pad_token_id = tokenizer.pad_token_id
+    model = ActorCritic(policy, critic, shared_head=cfg.algo == "ppo" and cfg.critic == "shared").to(setup.device)
+    ref = CausalLMScorer(load_causal_lm(cfg.ref_model or cfg.model, cfg, trainable=False)).to(setup.device).eval()
+    rollouts = Rollouts(cfg, setup, tokenizer, train, model, ref, reward_fn)
+    u = rollouts.updates_per_iteration
+    if cfg.max_steps % u or (cfg.save_steps and cfg.save_steps % u):
+        cfg.max_steps = math.ceil(cfg.max_steps / u) * u
+        cfg.save_steps = math.ceil(cfg.save_steps / u) * u if cfg.save_steps else 0
+        if setup.rank == 0:
+            print(f"ppo: {u} updates per iteration; max_steps → {cfg.max_steps}, save_steps → {cfg.save_steps}")
+    if cfg.ptx_coef and not cfg.ptx_data:
+        raise ValueError("--ptx_coef needs --ptx_data (a text dataset)")
+    ptx = PtxStream(cfg, tokenizer, setup.bad) if cfg.ptx_coef else None
+    eval_prompts = (evals or train)[:cfg.eval_prompts]
+    trainer = Trainer(
+        cfg, setup.run, model, rollouts, make_step(cfg, ptx),
+        lambda b: int(b["mask"].sum()),
+        evaluate=lambda: evaluate_policy(rollouts, eval_prompts),
+        save_final=lambda: save_model(policy, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
+        rank=setup.rank, world=setup.world, device=setup.device,
+        summary_extra={**summary_extra(setup, train, evals, kind), "algo": cfg.algo, "updates_per_iteration": u},
+        state=(rollouts.state, rollouts.load_state))
+    return trainer.fit()
