@@ -33,3 +33,15 @@ def write_jsonl(path: Path, rows) -> str:
         for r in rows:
             f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model, tmp_path_factory) -> str:
+    """The tiny model after a short SFT on the word corpus, so it samples word-like text."""
+    from preftune.cli import main
+    root = tmp_path_factory.mktemp("tiny_lm")
+    data = write_jsonl(root / "corpus.jsonl", [{"text": t} for t in corpus(400)])
+    assert main(["sft", "--model", tiny_model, "--data", data, "--output_dir", str(root / "run"), "--max_steps", "150",
+                 "--batch_size", "16", "--lr", "3e-3", "--warmup_steps", "10", "--progress", "false",
+                 "--max_length", "32"]) == 0
+    return str(root / "run" / "final")

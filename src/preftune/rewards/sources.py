@@ -47,7 +47,10 @@ def load_reward_source(spec: str, **kwargs):
         return RewardModel(spec, **kwargs)
     if ":" in spec:
         module, _, name = spec.partition(":")
-        fn = getattr(importlib.import_module(module), name, None)
+        try:
+            fn = getattr(importlib.import_module(module), name, None)
+        except ImportError as e:
+            raise ValueError(f"reward {spec!r}: cannot import {module!r} ({e})") from None
         if not callable(fn):
             raise ValueError(f"reward {spec!r}: {module} has no callable {name!r}")
         return fn
