@@ -11,7 +11,11 @@ from .config import add_arguments, build_config
 def _commands() -> dict:
     """name -> (config class, runner, one-line help); imported lazily so ``--help`` stays fast."""
     from .config import DPOConfig, PPOConfig, RMConfig, SFTConfig
+    from .recipes.evaluate import EvalConfig, run_eval
+    from .recipes.generate import GenerateConfig, run_generate
+    from .recipes.label import LabelConfig, run_label
     from .recipes.ppo import run_ppo
+    from .tasks.demo import DemoConfig, run_demo
     from .recipes.dpo import run_dpo
     from .recipes.reward import run_rm
     from .recipes.score import ScoreConfig, run_score
@@ -23,6 +27,10 @@ def _commands() -> dict:
         "dpo": (DPOConfig, run_dpo, "DPO and its family (IPO, SimPO, cDPO, DPO-Positive, RSO hinge, ORPO, ...)"),
         "ppo": (PPOConfig, run_ppo, "online RLHF: PPO with a critic and per-token KL penalty, or RLOO / GRPO"),
         "score": (ScoreConfig, run_score, "rewards for (prompt, completion) rows from a reward model or callable"),
+        "generate": (GenerateConfig, run_generate, "sample completions for a prompt file (greedy, temperature, top-k, top-p)"),
+        "label": (LabelConfig, run_label, "label sampled completions with a reward: Bradley–Terry pairs and Plackett–Luce rankings"),
+        "eval": (EvalConfig, run_eval, "compare policies on held-out prompts: reward, KL, win rate, Elo, frontier"),
+        "demo": (DemoConfig, run_demo, "the embedded default: controlled sentiment generation end to end, offline"),
         "tiny": (TinyConfig, run_tiny, "build a tiny Llama model and BPE tokenizer offline from a text file"),
     }
 

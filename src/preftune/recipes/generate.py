@@ -1,0 +1,60 @@
+"""``preftune generate``: completions for a prompt file, written as JSONL."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+
+from ..config import opt
+from ..data import BadRows, detect_kind, Encoder, load_rows, validate
+from ..models import load_causal_lm, load_tokenizer
+from ..rollout import generate
+
+
+@dataclass
+class GenerateConfig:
+    model: str = opt(None, "model folder or hub name")
+    data: str = opt(None, "prompts: any dataset with a 'prompt' column (or messages)")
+    output: str = opt("completions.jsonl", "output JSONL: prompt, completion, ended_with_eos")
+    num_samples: int = opt(1, "completions per prompt")
+    max_new_tokens: int = opt(64, "longest completion")
+    temperature: float = opt(1.0, "sampling temperature (0 = greedy)")
+    top_k: int = opt(0, "sample among the k most likely tokens (0 = all)")
+    top_p: float = opt(1.0, "nucleus sampling mass")
+    batch_size: int = opt(32, "prompts per generate call")
+    max_prompt_length: int = opt(256, "longer prompts are cut from the left")
+    seed: int = opt(0, "sampling seed")
+    trust_remote_code: bool = opt(False, "allow a hub model's own code to run")
+    on_bad_row: str = opt("error", "error or skip", ["error", "skip"])
+
+
+def prompt_examples(tokenizer, source: str, max_prompt_length: int, bad: BadRows) -> list[dict]:
+    """Prompt ids and rendered prompt text of each row of ``source`` (any kind with prompts)."""
+    rows = load_rows(source, bad=bad)
+    kind = detect_kind(rows, source, ("preference", "ranking", "messages", "sft", "prompt"))
+    encoder = Encoder(tokenizer, max_prompt_length + 1, max_prompt_length)
+    out = []
+    for row in rows:
+        try:
+            ex = validate(row, kind)
+            out.append({**encoder.encode(row, {"prompt": ex["prompt"]}), "prompt": ex["prompt"]})
+        except Exception as err:  # noqa: BLE001 - DataError
+            bad.handle(err)
+    return out
+
+
+def run_generate(cfg: GenerateConfig) -> None:
+    torch.manual_seed(cfg.seed)
+    tok = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = load_causal_lm(cfg.model, cfg, trainable=False)
+    prompts = prompt_examples(tok, cfg.data, cfg.max_prompt_length, BadRows(cfg.on_bad_row))
+    ids = [p["prompt_ids"] for p in prompts for _ in range(cfg.num_samples)]
+    gen = generate(model, ids, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, max_new_tokens=cfg.max_new_tokens,
+                   temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, batch_size=cfg.batch_size)
+    with open(cfg.output, "w", encoding="utf-8") as f:
+        for i, (comp, ended) in enumerate(zip(gen.completions, gen.ended)):
+            f.write(json.dumps({"prompt_index": i // cfg.num_samples, "prompt": prompts[i // cfg.num_samples]["prompt"],
+                                "completion": tok.decode(comp, skip_special_tokens=True),
+                                "ended_with_eos": ended}, ensure_ascii=False) + "\n")
+    print(f"wrote {len(gen.completions)} completions to {cfg.output}")
