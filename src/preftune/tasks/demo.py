@@ -53,7 +53,7 @@ class DemoConfig:
 
 SIZES = {
     False: dict(corpus=40000, vocab=2048, hidden=128, layers=4, pretrain_steps=1200, sft_rows=4000, sft_steps=150,
-                train_prompts=512, eval_prompts=256, k=4, label_temperature=0.1, rm_steps=150,
+                train_prompts=512, eval_prompts=256, k=4, label_temperature=0.1, rm_steps=300,
                 dpo_betas=[0.05, 0.1, 0.3], dpo_epochs=2, ppo_kl=[0.02, 0.05, 0.2], ppo_iterations=30,
                 max_new_tokens=48),
     True: dict(corpus=4000, vocab=1024, hidden=64, layers=2, pretrain_steps=150, sft_rows=500, sft_steps=30,
