@@ -145,3 +145,17 @@ def test_gridworld_cat_learns_to_reach_the_meat():
     net = grid.train(iterations=40)
     path, total, reached = grid.greedy_path(net)
     assert reached and total > 0, path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dpo", "rm_ppo"])
+def test_iterated_rounds_raise_reward(tiny_lm, tmp_path, method):
+    out = tmp_path / method
+    extra = ["--rm_steps", "10", "--ppo_steps", "8", "--lr", "5e-4"] if method == "rm_ppo" else ["--lr", "2e-3", "--max_steps", "12"]
+    assert main(["iterate", "--model", tiny_lm, "--data", prompts_file(tmp_path), "--output_dir", str(out),
+                 "--reward", "preftune.tasks.toy:great_share", "--rounds", "2", "--method", method,
+                 "--max_new_tokens", "10", "--batch_size", "16", "--progress", "false", "--max_length", "48", *extra]) == 0
+    rounds = json.loads((out / "rounds.json").read_text())
+    assert len(rounds) == 3 and Path(rounds[-1]["policy"], "config.json").exists()
+    if method == "dpo":
+        assert rounds[1]["mean_reward"] >= 1.5 * rounds[0]["mean_reward"]

@@ -13,6 +13,7 @@ def _commands() -> dict:
     from .config import DPOConfig, PPOConfig, RMConfig, SFTConfig
     from .recipes.evaluate import EvalConfig, run_eval
     from .recipes.generate import GenerateConfig, run_generate
+    from .recipes.iterate import IterateConfig, run_iterate
     from .recipes.label import LabelConfig, run_label
     from .recipes.ppo import run_ppo
     from .tasks.demo import DemoConfig, run_demo
@@ -27,6 +28,7 @@ def _commands() -> dict:
         "dpo": (DPOConfig, run_dpo, "DPO and its family (IPO, SimPO, cDPO, DPO-Positive, RSO hinge, ORPO, ...)"),
         "ppo": (PPOConfig, run_ppo, "online RLHF: PPO with a critic and per-token KL penalty, or RLOO / GRPO"),
         "score": (ScoreConfig, run_score, "rewards for (prompt, completion) rows from a reward model or callable"),
+        "iterate": (IterateConfig, run_iterate, "iterated preference rounds: sample, label with a reward, DPO (or RM + PPO), repeat"),
         "generate": (GenerateConfig, run_generate, "sample completions for a prompt file (greedy, temperature, top-k, top-p)"),
         "label": (LabelConfig, run_label, "label sampled completions with a reward: Bradley–Terry pairs and Plackett–Luce rankings"),
         "eval": (EvalConfig, run_eval, "compare policies on held-out prompts: reward, KL, win rate, Elo, frontier"),

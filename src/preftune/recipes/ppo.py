@@ -262,7 +262,7 @@ def run_ppo(cfg) -> dict:
     trainer = Trainer(
         cfg, setup.run, model, rollouts, make_step(cfg, ptx),
         lambda b: int(b["mask"].sum()),
-        evaluate=lambda: evaluate_policy(rollouts, eval_prompts),
+        evaluate=(lambda: evaluate_policy(rollouts, eval_prompts)) if eval_prompts else None,
         save_final=lambda: save_model(policy, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
         rank=setup.rank, world=setup.world, device=setup.device,
         summary_extra={**summary_extra(setup, train, evals, kind), "algo": cfg.algo, "updates_per_iteration": u},

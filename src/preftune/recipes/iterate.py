@@ -1,0 +1,92 @@
+"""``preftune iterate``: iterated preference rounds — the notes' "steps 2 and 3 can be iterated"
+and online / iterative DPO.
+
+Each round samples K completions per prompt from the current policy, labels pairs with the reward
+source (Bradley–Terry sampling at ``label_temperature``), and trains the next policy from them:
+ * ``--method dpo``: DPO from the current policy, with the current policy as π_ref (on-policy
+   pairs, as iterative DPO does);
+ * ``--method rm_ppo``: a fresh reward model on all pairs so far, then PPO against it, with the
+   starting model as π_ref throughout (InstructGPT's iterated steps 2 and 3).
+``rounds.json`` records each round's mean reward of its samples, so the improvement is measured.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DPOConfig, PPOConfig, RMConfig, opt
+from ..data import load_rows
+from ..rewards import load_reward_source
+from .dpo import run_dpo
+from .generate import GenerateConfig, run_generate
+from .label import label, write_jsonl
+from .ppo import run_ppo
+from .reward import run_rm
+
+
+@dataclass
+class IterateConfig(DPOConfig):
+    reward: str = opt(None, "reward source that labels each round: reward-model folder or module:function")
+    rounds: int = opt(3, "preference rounds")
+    method: str = opt("dpo", "train each round with dpo, or with a fresh reward model then PPO (rm_ppo)", ["dpo", "rm_ppo"])
+    num_samples: int = opt(4, "completions sampled per prompt each round")
+    max_new_tokens: int = opt(48, "longest completion")
+    temperature: float = opt(1.0, "sampling temperature")
+    top_k: int = opt(0, "top-k sampling (0 = off)")
+    top_p: float = opt(1.0, "nucleus sampling mass")
+    label_temperature: float = opt(0.0, "label noise T of Bradley–Terry sampling (0 = the higher reward wins)")
+    rm_steps: int = opt(100, "reward-model steps per round (rm_ppo)")
+    ppo_steps: int = opt(64, "PPO steps per round (rm_ppo)")
+
+
+def _subset(cls, cfg, **changes):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in fields} | changes)
+
+
+def run_iterate(cfg: IterateConfig) -> list[dict]:
+    if not cfg.reward:
+        raise ValueError("--reward is required")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reward_fn = load_reward_source(cfg.reward)
+    policy, history, all_pairs = cfg.model, [], []
+    for r in range(cfg.rounds):
+        rd = out / f"round-{r}"
+        rd.mkdir(exist_ok=True)
+        samples = rd / "samples.jsonl"
+        run_generate(GenerateConfig(model=policy, data=cfg.data, output=str(samples), num_samples=cfg.num_samples,
+                                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                                    top_p=cfg.top_p, seed=cfg.seed + r, max_prompt_length=cfg.max_prompt_length))
+        groups: dict[int, list[str]] = {}
+        prompts: dict[int, object] = {}
+        for row in load_rows(str(samples)):
+            prompts[row.data["prompt_index"]] = row.data["prompt"]
+            if row.data["completion"].strip():
+                groups.setdefault(row.data["prompt_index"], []).append(row.data["completion"])
+        keys = [k for k in groups if len(groups[k]) >= 2]
+        stats = label([prompts[k] for k in keys], [groups[k] for k in keys], reward_fn, rd, cfg.label_temperature,
+                      cfg.seed + r)
+        flat = [c for k in keys for c in groups[k]]
+        mean_reward = sum(reward_fn([prompts[k] for k in keys for _ in groups[k]], flat)) / max(len(flat), 1)
+        history.append({"round": r, "policy": policy, "mean_reward": mean_reward, **stats})
+        print(json.dumps(history[-1]))
+        pairs = str(rd / "pairs.jsonl")
+        if cfg.method == "dpo":
+            run_dpo(_subset(DPOConfig, cfg, model=policy, ref_model=policy, data=pairs, output_dir=str(rd / "dpo"),
+                            resume=False))
+            policy = str(rd / "dpo" / "final")
+        else:
+            all_pairs += [json.loads(x) for x in (rd / "pairs.jsonl").read_text().splitlines()]
+            write_jsonl(rd / "all_pairs.jsonl", all_pairs)
+            run_rm(_subset(RMConfig, cfg, data=str(rd / "all_pairs.jsonl"), output_dir=str(rd / "rm"),
+                           max_steps=cfg.rm_steps, resume=False))
+            run_ppo(_subset(PPOConfig, cfg, model=policy, ref_model=cfg.model, reward=str(rd / "rm" / "final"),
+                            output_dir=str(rd / "ppo"), max_steps=cfg.ppo_steps, max_new_tokens=cfg.max_new_tokens,
+                            resume=False))
+            policy = str(rd / "ppo" / "final")
+    history.append({"round": cfg.rounds, "policy": policy})
+    (out / "rounds.json").write_text(json.dumps(history, indent=1))
+    return history
