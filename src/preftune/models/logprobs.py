@@ -68,8 +68,11 @@ class CausalLMScorer(nn.Module):
         return result
 
 
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """Positions counted over real tokens only, so left padding does not shift them."""
+def position_ids(attention_mask: Tensor) -> Tensor | None:
+    """Positions counted over real tokens only, so left padding does not shift them; None (the
+    model's own 0..T−1, which is cheaper) when no row is left-padded."""
+    if bool(attention_mask[:, 0].all()):
+        return None
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 

@@ -1,0 +1,76 @@
+"""The loop's pieces: LR schedule, data stream, checkpoints, the non-finite guard."""
+import math
+
+import pytest
+import torch
+
+from preftune.train import checkpoint
+from preftune.train.loop import ExampleStream, lr_schedule
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_lr_schedule_matches_transformers(kind):
+    from transformers import get_scheduler
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = get_scheduler(kind, opt, num_warmup_steps=5, num_training_steps=40)
+    ours = lr_schedule(kind, 5, 40)
+    for step in range(40):
+        assert ours(step) == pytest.approx(sched.get_last_lr()[0], abs=1e-12)
+        opt.step()
+        sched.step()
+    assert lr_schedule("constant", 3, 10)(1) == pytest.approx(1 / 3) and lr_schedule("constant", 3, 10)(9) == 1.0
+
+
+def test_stream_is_a_function_of_step_and_splits_ranks():
+    data = list(range(10))
+    one = ExampleStream(data, list, 4, 1, seed=3)
+    r0 = ExampleStream(data, list, 2, 1, seed=3, rank=0, world=2)
+    r1 = ExampleStream(data, list, 2, 1, seed=3, rank=1, world=2)
+    for step in range(6):
+        assert sorted(one(step, 0)) == sorted(r0(step, 0) + r1(step, 0))
+    first_epoch = [x for s in range(5) for x in ExampleStream(data, list, 2, 1, seed=3)(s, 0)]
+    assert sorted(first_epoch) == data                       # each epoch is a permutation
+    assert ExampleStream(data, list, 4, 1, seed=3)(4, 0) == one(4, 0)
+
+
+def test_checkpoint_is_atomic_and_keeps_last_k(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    for step in (10, 20, 30):
+        checkpoint.save(tmp_path, step, model, opt, sched, {"bad_steps": 0}, keep=2)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step-20", "step-30"]
+    (tmp_path / ".tmp-step-40").mkdir()                     # a write killed half-way is never listed
+    assert checkpoint.list_checkpoints(tmp_path)[-1].name == "step-30"
+    other = torch.nn.Linear(3, 2)
+    state = checkpoint.load(tmp_path / "step-30", other, torch.optim.AdamW(other.parameters()), sched)
+    assert state["step"] == 30 and torch.equal(other.weight, model.weight)
+
+
+def test_non_finite_losses_are_skipped_then_abort(tiny_model, tmp_path):
+    from conftest import write_jsonl
+    from preftune.config import SFTConfig
+    from preftune.recipes import sft
+    from preftune.train import TrainingError
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": " b"}] * 4)
+    real_step = sft.sft_step
+    calls = {"n": 0}
+
+    def flaky(model, batch):
+        calls["n"] += 1
+        loss, m = real_step(model, batch)
+        return (loss * math.nan if calls["n"] in (2, 3) else loss), m
+
+    sft.sft_step = flaky
+    try:
+        cfg = SFTConfig(model=tiny_model, data=data, output_dir=str(tmp_path / "r"), max_steps=6, batch_size=2,
+                        progress=False, max_bad_steps=3)
+        summary = sft.run_sft(cfg)
+        assert summary["skipped_steps"] == 2
+        calls["n"] = 0
+        sft.sft_step = lambda m, b: (real_step(m, b)[0] * math.inf, {})
+        with pytest.raises(TrainingError, match="not finite for 3 steps"):
+            sft.run_sft(SFTConfig(**{**cfg.__dict__, "output_dir": str(tmp_path / "r2")}))
+    finally:
+        sft.sft_step = real_step
