@@ -74,3 +74,23 @@ def test_non_finite_losses_are_skipped_then_abort(tiny_model, tmp_path):
             sft.run_sft(SFTConfig(**{**cfg.__dict__, "output_dir": str(tmp_path / "r2")}))
     finally:
         sft.sft_step = real_step
+
+
+def test_packed_batches_equal_padded(tiny_model):
+    """Packing changes the layout, not the numbers: per-sequence log-probs, token counts and reward
+    scores equal those of the right-padded batch."""
+    from preftune.data import collate, pack, real_tokens
+    from preftune.models import CausalLMScorer, RewardScorer, lm_inputs, load_causal_lm, load_reward_model, per_sequence, rm_inputs
+    torch.manual_seed(0)
+    seqs = [([1] + torch.randint(3, 500, (int(n),)).tolist(), torch.randint(3, 500, (int(m),)).tolist() + [2])
+            for n, m in zip(torch.randint(1, 30, (9,)), torch.randint(1, 60, (9,)))]
+    padded, packed = collate(seqs, 0), pack(seqs, 0, capacity=64)
+    assert packed["input_ids"].shape[0] < len(seqs)
+    assert real_tokens(padded) == real_tokens(packed) == sum(len(p) + len(c) for p, c in seqs)
+    scorer = CausalLMScorer(load_causal_lm(tiny_model, trainable=False))
+    lp_a, m_a = scorer(**lm_inputs(padded))
+    lp_b, m_b = scorer(**lm_inputs(packed))
+    torch.testing.assert_close(per_sequence(lp_a, padded), per_sequence(lp_b, packed), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(per_sequence(m_a.float(), padded), per_sequence(m_b.float(), packed))
+    rm = RewardScorer(load_reward_model(tiny_model, trainable=False, pad_token_id=0))
+    torch.testing.assert_close(rm(**rm_inputs(padded)), rm(**rm_inputs(packed)), atol=1e-5, rtol=1e-5)

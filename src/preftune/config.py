@@ -67,6 +67,7 @@ class TrainConfig(DataConfig, ModelConfig):
     resume: bool = opt(False, "continue from the latest checkpoint in --output_dir")
     max_bad_steps: int = opt(5, "abort after this many non-finite losses in a row (each is skipped)")
     threads: int = opt(0, "torch CPU threads (0 = torch's default)")
+    packing: bool = opt(True, "pack training sequences padding-free into rows (SFT, RM, DPO): no compute on padding")
     progress: bool = opt(True, "show a progress bar")
 
 

@@ -4,7 +4,7 @@ from .dataset import build_examples
 from .errors import BadRows, DataError
 from .load import Row, load_rows
 from .schema import detect_kind, validate
-from .tokenize import IGNORE, PLAIN_CHAT_TEMPLATE, Encoder, collate, render
+from .tokenize import IGNORE, PLAIN_CHAT_TEMPLATE, Encoder, batch_sequences, collate, pack, real_tokens, render
 
 __all__ = ["BadRows", "DataError", "Encoder", "IGNORE", "PLAIN_CHAT_TEMPLATE", "Row", "build_examples",
-           "collate", "detect_kind", "load_rows", "render", "validate"]
+           "batch_sequences", "collate", "detect_kind", "pack", "real_tokens", "load_rows", "render", "validate"]

@@ -105,3 +105,63 @@ def collate(sequences: list[tuple[list[int], list[int]]], pad_id: int, *, train_
         start = 1 if train_on_prompt else len(p)
         labels[i, start:len(ids)] = torch.tensor(ids[start:])
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def pack(sequences: list[tuple[list[int], list[int]]], pad_id: int, *, capacity: int = 256,
+         train_on_prompt: bool = False) -> dict:
+    """Padding-free batch: (prompt, completion) sequences packed first-fit-decreasing into rows of
+    ≤ max(capacity, longest) tokens. ``position_ids`` restart at 0 for each sequence (and for each
+    row's padding tail), which is how ``transformers`` recognises packed sequences and attends only
+    within each one. ``segments`` gives each position's sequence index (−1 for padding) and
+    ``last_index`` each sequence's last token as a flat index into the rows, in input order."""
+    width = max(capacity, max(len(p) + len(c) for p, c in sequences))
+    order = sorted(range(len(sequences)), key=lambda i: -(len(sequences[i][0]) + len(sequences[i][1])))
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i in order:
+        n = len(sequences[i][0]) + len(sequences[i][1])
+        for r, u in enumerate(used):
+            if u + n <= width:
+                rows[r].append(i)
+                used[r] += n
+                break
+        else:
+            rows.append([i])
+            used.append(n)
+    length = max(used)
+    shape = (len(rows), length)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE, dtype=torch.long)
+    segments = torch.full(shape, -1, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    last_index = torch.zeros(len(sequences), dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            p, c = sequences[i]
+            ids = p + c
+            n = len(ids)
+            input_ids[r, at:at + n] = torch.tensor(ids)
+            start = 1 if train_on_prompt else len(p)
+            labels[r, at + start:at + n] = torch.tensor(ids[start:])
+            segments[r, at:at + n] = i
+            position_ids[r, at:at + n] = torch.arange(n)
+            last_index[i] = r * length + at + n - 1
+            at += n
+        position_ids[r, at:] = torch.arange(length - at)
+    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "segments": segments,
+            "last_index": last_index}
+
+
+def batch_sequences(sequences, pad_id: int, *, packing: bool, train_on_prompt: bool = False) -> dict:
+    """``pack`` or right-padded ``collate``, as configured."""
+    if packing:
+        return pack(sequences, pad_id, train_on_prompt=train_on_prompt)
+    return collate(sequences, pad_id, train_on_prompt=train_on_prompt)
+
+
+def real_tokens(batch: dict) -> int:
+    """Non-padding tokens of a padded or packed batch."""
+    if "segments" in batch:
+        return int((batch["segments"] >= 0).sum())
+    return int(batch["attention_mask"].sum())

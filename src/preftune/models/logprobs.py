@@ -38,21 +38,22 @@ class CausalLMScorer(nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, *, with_entropy: bool = False,
-                with_hidden: bool = False):
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, labels: Tensor, *,
+                position_ids: Tensor | None = None, with_entropy: bool = False, with_hidden: bool = False):
         """(token log-probs (N, T−1), mask (N, T−1)); with_entropy adds the per-token entropy of the
-        policy there, with_hidden the decoder's last hidden states (N, T, H)."""
+        policy there, with_hidden the decoder's last hidden states (N, T, H). A packed batch passes
+        ``position_ids`` and no attention mask (see ``data.pack``)."""
         targets = labels[:, 1:]
         mask = targets != IGNORE
         lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
-        pos = position_ids(attention_mask)
+        pos = position_ids if attention_mask is None else _positions(attention_mask)
         if _plain_head(lm):
-            hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                     position_ids=pos).last_hidden_state
+            hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                                      use_cache=False).last_hidden_state
             logits = lm.get_output_embeddings()(hidden[:, :-1][mask])
         else:
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                          output_hidden_states=with_hidden)
+                          output_hidden_states=with_hidden, use_cache=False)
             hidden = out.hidden_states[-1] if with_hidden else None
             logits = out.logits[:, :-1][mask]
         logps = torch.zeros(targets.shape, dtype=torch.float32, device=input_ids.device)
@@ -68,7 +69,7 @@ class CausalLMScorer(nn.Module):
         return result
 
 
-def position_ids(attention_mask: Tensor) -> Tensor | None:
+def _positions(attention_mask: Tensor) -> Tensor | None:
     """Positions counted over real tokens only, so left padding does not shift them; None (the
     model's own 0..T−1, which is cheaper) when no row is left-padded."""
     if bool(attention_mask[:, 0].all()):
@@ -82,12 +83,14 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
     return (positions * attention_mask).argmax(-1)
 
 
-def classifier_outputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+def classifier_outputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
+                       position_ids: Tensor | None = None) -> Tensor:
     """A one-output sequence classifier's score head applied at every position: (N, T)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(base, base.base_model_prefix)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask,
-                  position_ids=position_ids(attention_mask)).last_hidden_state
+    pos = position_ids if attention_mask is None else _positions(attention_mask)
+    # use_cache=False: no KV cache in training (with one, transformers also skips packed-sequence masks)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False).last_hidden_state
     return base.score(hidden).squeeze(-1).float()
 
 
@@ -99,6 +102,36 @@ class RewardScorer(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        scores = classifier_outputs(self.model, input_ids, attention_mask)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, *, position_ids: Tensor | None = None,
+                last_index: Tensor | None = None) -> Tensor:
+        """Padded batch: (input_ids, attention_mask). Packed batch (``data.pack``): attention_mask
+        None, position_ids, and last_index (flat index of each sequence's last token)."""
+        scores = classifier_outputs(self.model, input_ids, attention_mask, position_ids)
+        if attention_mask is None:
+            return scores.reshape(-1)[last_index]
         return scores[torch.arange(len(scores), device=scores.device), last_token_index(attention_mask)]
+
+
+def lm_inputs(batch: dict) -> dict:
+    """Scorer keyword arguments of a padded or a packed batch."""
+    if "segments" in batch:
+        return {"input_ids": batch["input_ids"], "attention_mask": None, "labels": batch["labels"],
+                "position_ids": batch["position_ids"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": batch["labels"]}
+
+
+def rm_inputs(batch: dict) -> dict:
+    if "segments" in batch:
+        return {"input_ids": batch["input_ids"], "attention_mask": None, "position_ids": batch["position_ids"],
+                "last_index": batch["last_index"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def per_sequence(token_values: Tensor, batch: dict) -> Tensor:
+    """Sum (N, T−1) per-token values over each sequence: (num sequences,), in input order."""
+    if "segments" not in batch:
+        return token_values.sum(-1)
+    seg = batch["segments"][:, 1:]
+    keep = seg >= 0
+    out = torch.zeros(len(batch["last_index"]), dtype=token_values.dtype, device=token_values.device)
+    return out.index_add(0, seg[keep], token_values[keep])

@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import SFTConfig
-from ..data import collate
+from ..data import batch_sequences
 from ..losses.preference import LENGTH_NORMALISED, PREFERENCE_LOSSES, REFERENCE_FREE, plackett_luce_loss, preference_loss
-from ..models import CausalLMScorer, load_causal_lm, save_model
+from ..models import CausalLMScorer, lm_inputs, load_causal_lm, per_sequence, save_model
 from ..train import Trainer
 from ..train.loop import ExampleStream
 from .common import move, start, summary_extra, tokenizer_and_data
@@ -32,12 +32,12 @@ def completions_of(e: dict) -> list[list[int]]:
     return e["completions_ids"] if "completions_ids" in e else [e["chosen_ids"], e["rejected_ids"]]
 
 
-def collate_dpo(examples: list[dict], pad_id: int) -> dict:
+def collate_dpo(examples: list[dict], pad_id: int, packing: bool = False) -> dict:
     """One batch of B·K sequences ordered completion-major (all first completions, then all second
-    …), so chosen = rows [0, B) and rejected = rows [B, 2B) for pairs."""
+    …), so chosen = sequences [0, B) and rejected = [B, 2B) for pairs; padded or packed."""
     k = len(completions_of(examples[0]))
     seqs = [(e["prompt_ids"], completions_of(e)[j]) for j in range(k) for e in examples]
-    batch = collate(seqs, pad_id)
+    batch = batch_sequences(seqs, pad_id, packing=packing)
     batch["ranking"] = torch.tensor([e.get("ranking", [0, 1]) for e in examples])
     if "ref_logps" in examples[0]:
         batch["ref_logps"] = torch.stack([e["ref_logps"] for e in examples])   # (B, K)
@@ -46,9 +46,9 @@ def collate_dpo(examples: list[dict], pad_id: int) -> dict:
 
 def sequence_logps(scorer, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs and completion lengths, shaped (B, K)."""
-    logps, mask = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    logps, mask = scorer(**lm_inputs(batch))
     b = batch["ranking"].shape[0]
-    return logps.sum(-1).view(-1, b).T, mask.sum(-1).view(-1, b).T.to(logps.dtype)
+    return per_sequence(logps, batch).view(-1, b).T, per_sequence(mask.to(logps.dtype), batch).view(-1, b).T
 
 
 class Reference:
@@ -207,7 +207,7 @@ def run_dpo(cfg) -> dict:
                 precompute(reference, part, pad, cfg.batch_size, setup.device,
                            setup.run.path / f"ref_logps_{name}.safetensors", data_key(cfg, part), cfg.dtype)
         reference.model = None   # free the reference: its log-probs now travel with the data
-    stream = ExampleStream(train, partial(collate_dpo, pad_id=pad), cfg.batch_size, cfg.grad_accum,
+    stream = ExampleStream(train, partial(collate_dpo, pad_id=pad, packing=cfg.packing), cfg.batch_size, cfg.grad_accum,
                            seed=cfg.seed, rank=setup.rank, world=setup.world)
     trainer = Trainer(
         cfg, setup.run, scorer, stream, make_step(cfg, reference), lambda b: b["ranking"].shape[0],

@@ -10,9 +10,9 @@ from functools import partial
 
 import torch
 
-from ..data import collate
+from ..data import batch_sequences
 from ..losses.reward import best_of_n_loss, centering_loss, pairwise_loss, ranking_loss
-from ..models import RewardScorer, load_reward_model, save_model
+from ..models import RewardScorer, load_reward_model, rm_inputs, save_model
 from ..train import Trainer
 from ..train.loop import ExampleStream
 from .common import move, start, summary_extra, tokenizer_and_data
@@ -30,9 +30,9 @@ def groups(examples: list[dict]) -> list[dict]:
     return out
 
 
-def collate_groups(items: list[dict], pad_id: int) -> dict:
+def collate_groups(items: list[dict], pad_id: int, packing: bool = False) -> dict:
     """All completions of all prompts flattened into one batch (one forward pass per completion)."""
-    batch = collate([(g["prompt_ids"], c) for g in items for c in g["completions"]], pad_id)
+    batch = batch_sequences([(g["prompt_ids"], c) for g in items for c in g["completions"]], pad_id, packing=packing)
     batch["group_sizes"] = torch.tensor([len(g["completions"]) for g in items])
     batch["rankings"] = [torch.tensor(g["ranking"]) for g in items]
     margins = [g.get("margin") for g in items]
@@ -66,7 +66,7 @@ def group_losses(rewards: torch.Tensor, batch: dict, objective: str, use_margin:
 
 def make_step(cfg):
     def step(model, batch):
-        rewards = model(batch["input_ids"], batch["attention_mask"])
+        rewards = model(**rm_inputs(batch))
         losses, correct, pairs, margins = group_losses(rewards, batch, cfg.ranking_objective, cfg.use_margin)
         loss = losses.sum()
         if cfg.center_rewards_coef:
@@ -82,7 +82,7 @@ def evaluate_rm(scorer, items, pad_id, batch_size, device, cfg) -> dict:
     loss, correct, pairs, margins = 0.0, 0, 0, []
     for i in range(0, len(items), batch_size):
         batch = move(collate_groups(items[i:i + batch_size], pad_id), device)
-        losses, c, p, m = group_losses(scorer(batch["input_ids"], batch["attention_mask"]), batch,
+        losses, c, p, m = group_losses(scorer(**rm_inputs(batch)), batch,
                                        cfg.ranking_objective, cfg.use_margin)
         loss += float(losses.sum())
         correct, pairs, margins = correct + c, pairs + p, margins + m
@@ -97,7 +97,7 @@ def run_rm(cfg) -> dict:
     scorer = RewardScorer(model)
     pad = tokenizer.pad_token_id
     train_items, eval_items = groups(train), groups(evals)
-    stream = ExampleStream(train_items, partial(collate_groups, pad_id=pad), cfg.batch_size, cfg.grad_accum,
+    stream = ExampleStream(train_items, partial(collate_groups, pad_id=pad, packing=cfg.packing), cfg.batch_size, cfg.grad_accum,
                            seed=cfg.seed, rank=setup.rank, world=setup.world)
     trainer = Trainer(
         cfg, setup.run, scorer, stream, make_step(cfg), lambda b: len(b["group_sizes"]),

@@ -10,8 +10,8 @@ from functools import partial
 
 import torch
 
-from ..data import collate
-from ..models import CausalLMScorer, load_causal_lm, save_model
+from ..data import batch_sequences, collate
+from ..models import CausalLMScorer, lm_inputs, load_causal_lm, save_model
 from ..train import Trainer
 from ..train.loop import ExampleStream
 from .common import move, start, summary_extra, tokenizer_and_data
@@ -27,7 +27,7 @@ def count_tokens(batch: dict) -> int:
 
 
 def sft_step(model, batch):
-    logps, mask = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    logps, _ = model(**lm_inputs(batch))
     return -logps.sum(), {}
 
 
@@ -37,7 +37,7 @@ def evaluate_nll(scorer, pairs, pad_id, batch_size, device) -> dict:
     total, count = 0.0, 0
     for i in range(0, len(pairs), batch_size):
         batch = move(collate(pairs[i:i + batch_size], pad_id), device)
-        logps, mask = scorer(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        logps, mask = scorer(**lm_inputs(batch))
         total += -float(logps.sum())
         count += int(mask.sum())
     nll = total / max(count, 1)
@@ -52,7 +52,8 @@ def run_sft(cfg) -> dict:
     scorer = CausalLMScorer(model)
     pad = tokenizer.pad_token_id
     train_pairs, eval_pairs = sft_pairs(train), sft_pairs(evals)
-    stream = ExampleStream(train_pairs, partial(collate, pad_id=pad, train_on_prompt=cfg.train_on_prompt),
+    stream = ExampleStream(train_pairs, partial(batch_sequences, pad_id=pad, packing=cfg.packing,
+                                                train_on_prompt=cfg.train_on_prompt),
                            cfg.batch_size, cfg.grad_accum, seed=cfg.seed, rank=setup.rank, world=setup.world)
     trainer = Trainer(
         cfg, setup.run, scorer, stream, sft_step, count_tokens,

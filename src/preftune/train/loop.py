@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from ..data.tokenize import real_tokens
 from . import checkpoint, distributed
 from .run import RunDir
 
@@ -133,7 +134,7 @@ class Trainer:
         cfg = self.cfg
         micro = [self.batches(self.step, m) for m in range(cfg.grad_accum)]
         counts = [self.count_fn(b) for b in micro]
-        tokens = sum(int(v.sum()) for b in micro for k, v in b.items() if k.endswith("attention_mask"))
+        tokens = sum(real_tokens(b) for b in micro)
         total, tokens = distributed.all_sum([sum(counts), tokens], self.device)
         self.ddp_model.train()
         loss_sum, sums = 0.0, {}
