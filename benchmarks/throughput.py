@@ -31,6 +31,7 @@ def main():
     ap.add_argument("--batch_size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peak", type=float, default=0, help="matmul GFLOP/s for MFU (default: measure)")
+    ap.add_argument("--packing", default="true", choices=["true", "false"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from preftune.config import DPOConfig, RMConfig, SFTConfig
@@ -44,7 +45,8 @@ def main():
     cfg = cls(model=str(assets / "model"), data=str(assets / ("sft.jsonl" if args.recipe == "sft" else "prefs.jsonl")),
               output_dir=str(out), max_steps=args.warmup + args.steps, batch_size=args.batch_size,
               max_length=128, max_prompt_length=128, progress=False, threads=args.threads, lr=1e-5,
-              dtype="bfloat16" if args.mode == "bf16" else "float32", lr_scheduler="constant")
+              dtype="bfloat16" if args.mode == "bf16" else "float32", lr_scheduler="constant",
+              packing=args.packing == "true")
     if args.recipe == "dpo":
         cfg.ref = "precomputed" if args.mode == "precomputed" else "model"
     run(cfg)
@@ -59,7 +61,7 @@ def main():
     print_json({"impl": "preftune", "recipe": args.recipe, "mode": args.mode, "tokens_per_s": tokens / seconds,
                 "samples_per_s": samples / seconds, "peak_rss_mb": peak_rss_mb(), "params": n,
                 "mfu": tokens / seconds * flops_per_token / (peak * 1e9), "peak_gflops": peak,
-                "steps_timed": len(timed), "threads": args.threads})
+                "steps_timed": len(timed), "threads": args.threads, "packing": cfg.packing})
 
 
 if __name__ == "__main__":
