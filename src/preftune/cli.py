@@ -9,19 +9,20 @@ from .config import add_arguments, build_config
 
 
 def _commands() -> dict:
-    """name -> (config class, runner, one-line help); imported lazily so ``--help`` stays fast."""
+    """name -> (config class, runner, one-line help). Imported here, not at module level, so that
+    ``import preftune.cli`` stays free of torch and transformers."""
     from .config import DPOConfig, PPOConfig, RMConfig, SFTConfig
+    from .recipes.dpo import run_dpo
     from .recipes.evaluate import EvalConfig, run_eval
     from .recipes.generate import GenerateConfig, run_generate
     from .recipes.iterate import IterateConfig, run_iterate
     from .recipes.label import LabelConfig, run_label
     from .recipes.ppo import run_ppo
-    from .tasks.demo import DemoConfig, run_demo
-    from .recipes.dpo import run_dpo
     from .recipes.reward import run_rm
     from .recipes.score import ScoreConfig, run_score
     from .recipes.sft import run_sft
     from .tasks.commands import TinyConfig, run_tiny
+    from .tasks.demo import DemoConfig, run_demo
     return {
         "sft": (SFTConfig, run_sft, "supervised fine-tuning on demonstrations (prompt tokens masked)"),
         "rm": (RMConfig, run_rm, "train a reward model: Bradley–Terry pairs, K-wise rankings or best-of-n"),

@@ -55,7 +55,7 @@ class Reference:
     """π_ref's summed log-probs (B, K) for a batch, never receiving gradients."""
 
     def __init__(self, cfg, policy_lm, device):
-        self.mode, self.model = cfg.ref, None
+        self.model = None
         if cfg.loss in REFERENCE_FREE:
             return
         if cfg.ref == "none":

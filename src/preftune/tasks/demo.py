@@ -54,7 +54,7 @@ class DemoConfig:
 SIZES = {
     False: dict(corpus=40000, vocab=2048, hidden=128, layers=4, pretrain_steps=1200, sft_rows=4000, sft_steps=150,
                 train_prompts=512, eval_prompts=256, k=4, label_temperature=0.1, rm_steps=300,
-                dpo_betas=[0.05, 0.1, 0.3], dpo_epochs=2, ppo_kl=[0.02, 0.05, 0.2], ppo_iterations=30,
+                dpo_betas=[0.1, 0.3, 0.6, 1.0], dpo_epochs=2, ppo_kl=[0.02, 0.05, 0.2], ppo_iterations=30,
                 max_new_tokens=48),
     True: dict(corpus=4000, vocab=1024, hidden=64, layers=2, pretrain_steps=150, sft_rows=500, sft_steps=30,
                train_prompts=64, eval_prompts=48, k=4, label_temperature=0.1, rm_steps=20,
@@ -193,12 +193,13 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     # 6. DPO family on the same pairs
     steps = max(1, size["dpo_epochs"] * (len(pairs) - n_eval) // 16)
-    dpo_runs = [("dpo", "sigmoid", b, {}) for b in size["dpo_betas"]] + [("ipo", "ipo", 0.5, {}),
-                                                                         ("simpo", "simpo", 2.0, {"ref": "none"})]
+    # SimPO is reference-free and needs a smaller step (as its paper tunes per setting)
+    dpo_runs = [("dpo", "sigmoid", b, {}) for b in size["dpo_betas"]] + [
+        ("ipo", "ipo", 2.0, {}), ("simpo", "simpo", 2.0, {"ref": "none", "lr": 2e-4})]
     for method, loss, beta, extra in dpo_runs:
         name = f"{method}@{beta:g}"
         dpo = DPOConfig(model=pi_sft, data=train_pairs, output_dir=str(out / name), loss=loss, beta=beta, max_length=96,
-                        max_steps=steps, batch_size=16, lr=5e-4, warmup_steps=5, log_steps=5, **extra, **common)
+                        max_steps=steps, batch_size=16, warmup_steps=5, log_steps=5, **({"lr": 5e-4} | extra), **common)
         stages.run(f"{method} (β={beta:g})", "dpo", dpo, run_dpo, out / name / "final" / "config.json")
         policies.append({"name": name, "path": str(out / name / "final"), "method": method, "beta": beta})
 
