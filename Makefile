@@ -20,7 +20,10 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python benchmarks/sft_throughput.py
+	$(BIN)/python benchmarks/throughput.py --recipe sft
+	$(BIN)/python benchmarks/throughput.py --recipe dpo
+	$(BIN)/python benchmarks/throughput.py --recipe rm
+	$(BIN)/python benchmarks/ppo_iteration.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -3,6 +3,7 @@ the CPU's measured matmul peak, and peak RSS. Standard library + torch + transfo
 TRL baseline (run from its own virtualenv) can import it too."""
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import resource
@@ -46,6 +47,25 @@ def preference_rows(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     return [{"prompt": sentence(rng, 6, 20), "chosen": " " + sentence(rng, 20, 80) + ".",
              "rejected": " " + sentence(rng, 20, 80) + "."} for _ in range(n)]
+
+
+def bench_args() -> argparse.ArgumentParser:
+    """Arguments shared by throughput.py (preftune) and trl_baseline.py (TRL)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--recipe", choices=["sft", "dpo", "rm"], default="dpo")
+    ap.add_argument("--mode", choices=["fp32", "bf16", "precomputed"], default="fp32")
+    ap.add_argument("--assets", default="/tmp/preftune-bench")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--peak", type=float, default=0, help="matmul GFLOP/s for MFU (default: measure)")
+    return ap
+
+
+def flops_per_token(recipe: str, mode: str, params: int) -> int:
+    """6·N for a trained forward + backward, +2·N for a live reference forward (DPO)."""
+    return (8 if recipe == "dpo" and mode != "precomputed" else 6) * params
 
 
 def print_json(record: dict) -> None:

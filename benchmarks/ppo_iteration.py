@@ -35,6 +35,9 @@ def main():
     from preftune.recipes import ppo as ppo_recipe
 
     assets = Path(args.assets)
+    if not (assets / "model").exists():
+        import subprocess
+        subprocess.run([sys.executable, str(Path(__file__).parent / "make_assets.py"), "--out", str(assets)], check=True)
     work = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
     rm = AutoModelForSequenceClassification.from_pretrained(assets / "model", num_labels=1)
     rm.save_pretrained(work / "rm")

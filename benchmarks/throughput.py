@@ -8,7 +8,6 @@ FLOPs per token: 6·N for a trained forward + backward, +2·N for a live referen
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -18,19 +17,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import matmul_peak_gflops, n_params, peak_rss_mb, print_json  # noqa: E402
+from common import bench_args, flops_per_token, matmul_peak_gflops, n_params, peak_rss_mb, print_json  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--recipe", choices=["sft", "dpo", "rm"], default="dpo")
-    ap.add_argument("--mode", choices=["fp32", "bf16", "precomputed"], default="fp32")
-    ap.add_argument("--assets", default="/tmp/preftune-bench")
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--batch_size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--peak", type=float, default=0, help="matmul GFLOP/s for MFU (default: measure)")
+    ap = bench_args()
     ap.add_argument("--packing", default="true", choices=["true", "false"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -40,6 +31,9 @@ def main():
     from preftune.recipes.sft import run_sft
 
     assets = Path(args.assets)
+    if not (assets / "model").exists():
+        import subprocess
+        subprocess.run([sys.executable, str(Path(__file__).parent / "make_assets.py"), "--out", str(assets)], check=True)
     cls, run = {"sft": (SFTConfig, run_sft), "dpo": (DPOConfig, run_dpo), "rm": (RMConfig, run_rm)}[args.recipe]
     out = Path(tempfile.mkdtemp(prefix=f"bench-{args.recipe}-"))
     cfg = cls(model=str(assets / "model"), data=str(assets / ("sft.jsonl" if args.recipe == "sft" else "prefs.jsonl")),
@@ -56,11 +50,10 @@ def main():
     tokens = sum(r["tokens"] for r in timed)
     samples = len(timed) * args.batch_size
     n = n_params(assets / "model")
-    flops_per_token = (8 if args.recipe == "dpo" and args.mode != "precomputed" else 6) * n
     peak = args.peak or matmul_peak_gflops(torch.bfloat16 if args.mode == "bf16" else torch.float32)
     print_json({"impl": "preftune", "recipe": args.recipe, "mode": args.mode, "tokens_per_s": tokens / seconds,
                 "samples_per_s": samples / seconds, "peak_rss_mb": peak_rss_mb(), "params": n,
-                "mfu": tokens / seconds * flops_per_token / (peak * 1e9), "peak_gflops": peak,
+                "mfu": tokens / seconds * flops_per_token(args.recipe, args.mode, n) / (peak * 1e9), "peak_gflops": peak,
                 "steps_timed": len(timed), "threads": args.threads, "packing": cfg.packing})
 
 

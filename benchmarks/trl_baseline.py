@@ -6,7 +6,6 @@ dependency of preftune):
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -15,19 +14,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import matmul_peak_gflops, n_params, peak_rss_mb, print_json  # noqa: E402
+from common import bench_args, flops_per_token, matmul_peak_gflops, n_params, peak_rss_mb, print_json  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--recipe", choices=["sft", "dpo", "rm"], default="dpo")
-    ap.add_argument("--mode", choices=["fp32", "bf16", "precomputed"], default="fp32")
-    ap.add_argument("--assets", default="/tmp/preftune-bench")
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--batch_size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--peak", type=float, default=0)
+    ap = bench_args()
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import datasets
@@ -71,11 +62,10 @@ def main():
     per_sample = sum(len(tok(r["prompt"])["input_ids"]) + len(tok(r[s])["input_ids"]) + 2
                      for r in rows for s in sides) / len(rows)
     n = n_params(assets / "model")
-    flops_per_token = (8 if args.recipe == "dpo" and args.mode != "precomputed" else 6) * n
     peak = args.peak or matmul_peak_gflops(torch.bfloat16 if args.mode == "bf16" else torch.float32)
     print_json({"impl": f"trl {trl.__version__}", "recipe": args.recipe, "mode": args.mode,
                 "tokens_per_s": samples / seconds * per_sample, "samples_per_s": samples / seconds,
-                "mfu": samples / seconds * per_sample * flops_per_token / (peak * 1e9), "peak_gflops": peak, "peak_rss_mb": peak_rss_mb(), "params": n,
+                "mfu": samples / seconds * per_sample * flops_per_token(args.recipe, args.mode, n) / (peak * 1e9), "peak_gflops": peak, "peak_rss_mb": peak_rss_mb(), "params": n,
                 "steps_timed": args.steps, "threads": args.threads})
 
 
