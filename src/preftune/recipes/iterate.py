@@ -69,9 +69,7 @@ def run_iterate(cfg: IterateConfig) -> list[dict]:
         keys = [k for k in groups if len(groups[k]) >= 2]
         stats = label([prompts[k] for k in keys], [groups[k] for k in keys], reward_fn, rd, cfg.label_temperature,
                       cfg.seed + r)
-        flat = [c for k in keys for c in groups[k]]
-        mean_reward = sum(reward_fn([prompts[k] for k in keys for _ in groups[k]], flat)) / max(len(flat), 1)
-        history.append({"round": r, "policy": policy, "mean_reward": mean_reward, **stats})
+        history.append({"round": r, "policy": policy, **stats})
         print(json.dumps(history[-1]))
         pairs = str(rd / "pairs.jsonl")
         if cfg.method == "dpo":

@@ -34,17 +34,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def label(prompts: list, groups: list[list[str]], reward_fn, out: Path, temperature: float, seed: int) -> dict:
     flat_prompts = [p for p, g in zip(prompts, groups) for _ in g]
-    flat = reward_fn(flat_prompts, [c for g in groups for c in g])
+    flat = [float(x) for x in reward_fn(flat_prompts, [c for g in groups for c in g])]
     rewards, i = [], 0
     for g in groups:
-        rewards.append([float(x) for x in flat[i:i + len(g)]])
+        rewards.append(flat[i:i + len(g)])
         i += len(g)
     pairs, rankings = preference_rows(prompts, groups, rewards, temperature=temperature, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "pairs.jsonl", pairs)
     write_jsonl(out / "rankings.jsonl", rankings)
     agree = sum(p["reward_chosen"] >= p["reward_rejected"] for p in pairs) / max(len(pairs), 1)
-    return {"prompts": len(pairs), "completions": sum(len(g) for g in groups), "label_agreement_with_reward": agree}
+    return {"prompts": len(pairs), "completions": len(flat), "mean_reward": sum(flat) / max(len(flat), 1),
+            "label_agreement_with_reward": agree}
 
 
 def run_label(cfg: LabelConfig) -> None:
