@@ -44,15 +44,15 @@ class ActorCritic(nn.Module):
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask, labels, ptx: dict | None = None) -> dict:
+    def forward(self, input_ids, attention_mask, labels, ptx: dict | None = None, with_entropy: bool = True) -> dict:
         """Per-token log-probs, mask, entropy and values over shifted positions (N, T−1) (values None
         without a critic; position t's value is V of the state before token t+1), and with a ``ptx``
         batch the policy's mean NLL on it — all in one forward call so DDP sees every use."""
         shared = self.value_head is not None
-        out = self.policy(input_ids, attention_mask, labels, with_entropy=True, with_hidden=shared)
-        result = {"logps": out[0], "mask": out[1], "entropy": out[2], "values": None}
+        out = self.policy(input_ids, attention_mask, labels, with_entropy=with_entropy, with_hidden=shared)
+        result = {"logps": out[0], "mask": out[1], "entropy": out[2] if with_entropy else None, "values": None}
         if shared:
-            result["values"] = self.value_head(out[3]).squeeze(-1)[:, :-1].float()
+            result["values"] = self.value_head(out[-1]).squeeze(-1)[:, :-1].float()
         elif self.critic is not None:
             result["values"] = classifier_outputs(self.critic, input_ids, attention_mask)[:, :-1]
         if ptx is not None:
@@ -118,7 +118,7 @@ class Rollouts:
         t_gen = time.perf_counter() - t0
         self.model.eval()
         with self.autocast():
-            out = self.model(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            out = self.model(batch["input_ids"], batch["attention_mask"], batch["labels"], with_entropy=False)
             logps, mask, values = out["logps"], out["mask"], out["values"]
             ref_logps = self.ref(batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
         t_score = time.perf_counter() - t0 - t_gen
