@@ -13,6 +13,7 @@ Completions and prompts are strings (standard) or lists of messages (conversatio
 """
 from __future__ import annotations
 
+from .errors import DataError
 from .load import Row
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -28,7 +29,6 @@ KIND_COLUMNS = {
 
 def detect_kind(rows: list[Row], source: str, expect: tuple[str, ...]) -> str:
     """The first kind (most specific first) whose columns the rows carry; must be in ``expect``."""
-    from .errors import DataError
     columns = set()
     for r in rows:
         columns.update(r.data)
@@ -127,7 +127,7 @@ def validate(row: Row, kind: str) -> dict:
             sub = Row(row.source, row.number, {"c": comps[i]}, row.label)
             try:
                 completions.append(_text_or_messages(sub, "c", completion=True))
-            except Exception as e:
+            except DataError as e:
                 raise row.error(f"completions[{i}]", e.reason, e.kind) from None
         return {"prompt": prompt, "completions": completions, "ranking": _ranking(row, len(completions))}
     raise ValueError(f"unknown dataset kind {kind!r}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import opt
-from ..data import BadRows, detect_kind, Encoder, load_rows, validate
+from ..data import BadRows, DataError, Encoder, detect_kind, load_rows, validate
 from ..models import load_causal_lm, load_tokenizer
 from ..rollout import generate
 
@@ -39,7 +39,7 @@ def prompt_examples(tokenizer, source: str, max_prompt_length: int, bad: BadRows
         try:
             ex = validate(row, kind)
             out.append({**encoder.encode(row, {"prompt": ex["prompt"]}), "prompt": ex["prompt"]})
-        except Exception as err:  # noqa: BLE001 - DataError
+        except DataError as err:
             bad.handle(err)
     return out
 

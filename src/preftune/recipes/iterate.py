@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DPOConfig, PPOConfig, RMConfig, opt
-from ..data import load_rows
 from ..rewards import load_reward_source
 from .dpo import run_dpo
 from .generate import GenerateConfig, run_generate
-from .label import label, write_jsonl
+from .label import label_samples, write_jsonl
 from .ppo import run_ppo
 from .reward import run_rm
 
@@ -60,15 +59,7 @@ def run_iterate(cfg: IterateConfig) -> list[dict]:
         run_generate(GenerateConfig(model=policy, data=cfg.data, output=str(samples), num_samples=cfg.num_samples,
                                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                                     top_p=cfg.top_p, seed=cfg.seed + r, max_prompt_length=cfg.max_prompt_length))
-        groups: dict[int, list[str]] = {}
-        prompts: dict[int, object] = {}
-        for row in load_rows(str(samples)):
-            prompts[row.data["prompt_index"]] = row.data["prompt"]
-            if row.data["completion"].strip():
-                groups.setdefault(row.data["prompt_index"], []).append(row.data["completion"])
-        keys = [k for k in groups if len(groups[k]) >= 2]
-        stats = label([prompts[k] for k in keys], [groups[k] for k in keys], reward_fn, rd, cfg.label_temperature,
-                      cfg.seed + r)
+        stats = label_samples(str(samples), reward_fn, rd, cfg.label_temperature, cfg.seed + r)
         history.append({"round": r, "policy": policy, **stats})
         print(json.dumps(history[-1]))
         pairs = str(rd / "pairs.jsonl")

@@ -48,13 +48,13 @@ def label(prompts: list, groups: list[list[str]], reward_fn, out: Path, temperat
             "label_agreement_with_reward": agree}
 
 
-def run_label(cfg: LabelConfig) -> None:
-    """Groups rows by ``prompt_index`` (written by generate) or else by prompt; empty completions
-    cannot be preference data and are left out, counted."""
+def label_samples(samples: str, reward_fn, out: Path, temperature: float, seed: int) -> dict:
+    """Group a ``generate`` JSONL by ``prompt_index`` (or else by prompt), leave out empty completions
+    (they cannot be preference data; counted), label the groups of ≥ 2 and write label_stats.json."""
     groups: dict[str, list[str]] = {}
     prompts: dict[str, object] = {}
     empty = 0
-    for row in load_rows(cfg.data):
+    for row in load_rows(samples):
         key = str(row.data.get("prompt_index", json.dumps(row.data["prompt"])))
         prompts[key] = row.data["prompt"]
         if not str(row.data["completion"]).strip():
@@ -63,9 +63,13 @@ def run_label(cfg: LabelConfig) -> None:
         groups.setdefault(key, []).append(row.data["completion"])
     keys = [k for k in groups if len(groups[k]) >= 2]
     if not keys:
-        raise ValueError(f"{cfg.data}: no prompt has two or more completions (use generate --num_samples ≥ 2)")
-    stats = label([prompts[k] for k in keys], [groups[k] for k in keys], load_reward_source(cfg.reward),
-                  Path(cfg.output_dir), cfg.temperature, cfg.seed)
+        raise ValueError(f"{samples}: no prompt has two or more completions (use generate --num_samples ≥ 2)")
+    stats = label([prompts[k] for k in keys], [groups[k] for k in keys], reward_fn, out, temperature, seed)
     stats.update(empty_completions_left_out=empty, prompts_left_out=len(prompts) - len(keys))
-    (Path(cfg.output_dir) / "label_stats.json").write_text(json.dumps(stats, indent=1))
+    (out / "label_stats.json").write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def run_label(cfg: LabelConfig) -> None:
+    stats = label_samples(cfg.data, load_reward_source(cfg.reward), Path(cfg.output_dir), cfg.temperature, cfg.seed)
     print(json.dumps(stats))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import opt
-from ..data import BadRows, detect_kind, load_rows, validate
+from ..data import BadRows, DataError, detect_kind, load_rows, validate
 from ..rewards import load_reward_source
 
 
@@ -27,7 +27,7 @@ def run_score(cfg: ScoreConfig) -> None:
     for row in rows:
         try:
             examples.append((row, validate(row, kind)))
-        except Exception as err:  # noqa: BLE001 - DataError
+        except DataError as err:
             bad.handle(err)
     source = load_reward_source(cfg.reward, batch_size=cfg.batch_size)
     fields = ("chosen", "rejected") if kind == "preference" else ("completion",)

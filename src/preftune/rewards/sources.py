@@ -30,7 +30,7 @@ class RewardModel:
     @torch.no_grad()
     def __call__(self, prompts, completions) -> list[float]:
         seqs = []
-        for i, (p, c) in enumerate(zip(prompts, completions)):
+        for p, c in zip(prompts, completions):
             prompt_text, completion_text = render(self.tokenizer, p, c)
             prompt_ids = self.encoder.prompt_ids(prompt_text)
             seqs.append((prompt_ids, self.encoder.completion_ids(completion_text, len(prompt_ids))))

@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 from ..config import DPOConfig, PPOConfig, RMConfig, SFTConfig, opt
-from ..eval.metrics import reward_accuracy
 from ..recipes.dpo import run_dpo
 from ..recipes.evaluate import evaluate_policies
 from ..recipes.generate import GenerateConfig, run_generate
@@ -126,14 +125,14 @@ def base_model(cfg: DemoConfig, size: dict, work: Path, stages: Stages) -> Path:
 
 
 def rm_accuracy(rm_path: Path, pairs: list[dict]) -> float:
-    """The reward model's accuracy at ordering held-out pairs the way the ground truth does."""
+    """Share of held-out pairs (ground-truth ties left out) that the reward model orders the way the
+    ground truth does."""
     pairs = [p for p in pairs if p["reward_chosen"] != p["reward_rejected"]]
     scorer = RewardModel(str(rm_path))
     a = scorer([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
     b = scorer([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])
-    truth_first = [p["reward_chosen"] > p["reward_rejected"] for p in pairs]
-    return reward_accuracy([x if t else y for x, y, t in zip(a, b, truth_first)],
-                           [y if t else x for x, y, t in zip(a, b, truth_first)])
+    agree = [(x > y) == (p["reward_chosen"] > p["reward_rejected"]) for x, y, p in zip(a, b, pairs)]
+    return sum(agree) / max(len(agree), 1)
 
 
 def run_demo(cfg: DemoConfig) -> dict:

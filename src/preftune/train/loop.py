@@ -90,7 +90,6 @@ class Trainer:
 
     def __post_init__(self):
         cfg = self.cfg
-        self.module = self.model
         self.ddp_model = distributed.wrap(self.model, self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         # fused: one kernel for all parameters (CPU and GPU), measurably cheaper than the loop
@@ -113,7 +112,7 @@ class Trainer:
             if self.rank == 0:
                 print(f"--resume: no checkpoint in {self.run.checkpoints}; starting from step 0")
             return
-        state = checkpoint.load(found[-1], self.module, self.optimizer, self.scheduler)
+        state = checkpoint.load(found[-1], self.model, self.optimizer, self.scheduler)
         self.step = state["step"]
         self.bad_total = state.get("bad_steps", 0)
         if self.state is not None:
@@ -124,7 +123,7 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         if self.rank == 0:
-            checkpoint.save(self.run.checkpoints, self.step, self.module, self.optimizer, self.scheduler,
+            checkpoint.save(self.run.checkpoints, self.step, self.model, self.optimizer, self.scheduler,
                             {"bad_steps": self.bad_total, "recipe": self.state[0]() if self.state else {}},
                             self.cfg.keep_checkpoints)
         distributed.barrier()
