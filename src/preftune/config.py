@@ -38,7 +38,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     model: str = opt(None, "model: a local folder or a hub name")
-    dtype: str = opt("float32", "compute precision: float32, or bfloat16 autocast with float32 master weights", ["float32", "bfloat16"])
+    dtype: str = opt("float32", "compute precision: float32, or bfloat16 compute with float32 master weights", ["float32", "bfloat16"])
     trust_remote_code: bool = opt(False, "allow a hub model's own Python code to run")
     lora_r: int = opt(0, "LoRA rank; 0 trains all weights")
     lora_alpha: int = opt(16, "LoRA alpha")

@@ -23,40 +23,47 @@ def _lora(model, cfg, task_type: str):
     return get_peft_model(model, config)
 
 
+def _bf16(cfg) -> bool:
+    return cfg is not None and getattr(cfg, "dtype", "float32") == "bfloat16"
+
+
 def attention_implementation(cfg) -> str | None:
-    """``eager`` for bfloat16 autocast on CPU, where torch's SDPA kernels are slower than plain
-    matmuls (benchmarks: 1.6× on the benchmark model's forward + backward); else the model's default."""
-    if cfg is not None and getattr(cfg, "dtype", "float32") == "bfloat16" and not torch.cuda.is_available():
-        return "eager"
-    return None
+    """``eager`` for bfloat16 on CPU (under autocast, torch's CPU SDPA kernels measured 1.6× slower
+    than plain matmuls; with bf16 weights the two measured level); else the model's default."""
+    return "eager" if _bf16(cfg) and not torch.cuda.is_available() else None
 
 
-def load_causal_lm(name: str, cfg=None, *, trainable: bool = True):
-    """A causal LM in float32 (``--dtype bfloat16`` is autocast over float32 master weights).
-    With ``cfg.lora_r > 0`` and ``trainable``, LoRA adapters wrap it."""
-    trust = bool(cfg and cfg.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, trust_remote_code=trust,
-                                                 use_safetensors=True, attn_implementation=attention_implementation(cfg))
+def _load_dtype(cfg, trainable: bool) -> torch.dtype:
+    """Trained models load in float32 (the Trainer keeps float32 masters and computes in bfloat16
+    with ``--dtype bfloat16``); frozen ones load straight in the compute dtype."""
+    return torch.bfloat16 if _bf16(cfg) and not trainable else torch.float32
+
+
+def _finish(model, cfg, trainable: bool, task_type: str):
     if trainable and cfg is not None and cfg.lora_r > 0:
-        model = _lora(model, cfg, "CAUSAL_LM")
+        model = _lora(model, cfg, task_type)
     if not trainable:
         model.eval().requires_grad_(False)
     return model
+
+
+def load_causal_lm(name: str, cfg=None, *, trainable: bool = True):
+    """A causal LM; with ``cfg.lora_r > 0`` and ``trainable``, LoRA adapters wrap it."""
+    trust = bool(cfg and cfg.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=_load_dtype(cfg, trainable), trust_remote_code=trust,
+                                                 use_safetensors=True, attn_implementation=attention_implementation(cfg))
+    return _finish(model, cfg, trainable, "CAUSAL_LM")
 
 
 def load_reward_model(name: str, cfg=None, *, trainable: bool = True, pad_token_id: int | None = None):
     """A sequence classifier with one output (a scalar reward), as the notes recommend."""
     trust = bool(cfg and cfg.trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(
-        name, num_labels=1, dtype=torch.float32, trust_remote_code=trust, use_safetensors=True,
+        name, num_labels=1, dtype=_load_dtype(cfg, trainable), trust_remote_code=trust, use_safetensors=True,
         attn_implementation=attention_implementation(cfg))
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
-    if trainable and cfg is not None and cfg.lora_r > 0:
-        model = _lora(model, cfg, "SEQ_CLS")
-    if not trainable:
-        model.eval().requires_grad_(False)
-    return model
+    return _finish(model, cfg, trainable, "SEQ_CLS")
 
 
 def save_model(model, tokenizer, path: Path, *, merge_lora: bool = True) -> None:

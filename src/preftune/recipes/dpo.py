@@ -78,7 +78,7 @@ class Reference:
 
 
 def precompute(reference: Reference, examples: list[dict], pad_id: int, batch_size: int, device,
-               cache: Path, key: str, dtype: str) -> None:
+               cache: Path, key: str) -> None:
     """Attach π_ref log-probs to each example, computed once and cached in the run folder."""
     if cache.exists():
         stored = load_file(cache)
@@ -88,10 +88,8 @@ def precompute(reference: Reference, examples: list[dict], pad_id: int, batch_si
                 e["ref_logps"] = lp
             return
     values = []
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
     for i in range(0, len(examples), batch_size):
-        with autocast:
-            values.append(reference(move(collate_dpo(examples[i:i + batch_size], pad_id), device)).float().cpu())
+        values.append(reference(move(collate_dpo(examples[i:i + batch_size], pad_id), device)).float().cpu())
     table = torch.cat(values)
     for e, lp in zip(examples, table):
         e["ref_logps"] = lp
@@ -205,7 +203,7 @@ def run_dpo(cfg) -> dict:
         for name, part in (("train", train), ("eval", evals)):
             if part:
                 precompute(reference, part, pad, cfg.batch_size, setup.device,
-                           setup.run.path / f"ref_logps_{name}.safetensors", data_key(cfg, part), cfg.dtype)
+                           setup.run.path / f"ref_logps_{name}.safetensors", data_key(cfg, part))
         reference.model = None   # free the reference: its log-probs now travel with the data
     stream = ExampleStream(train, partial(collate_dpo, pad_id=pad, packing=cfg.packing), cfg.batch_size, cfg.grad_accum,
                            seed=cfg.seed, rank=setup.rank, world=setup.world)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -93,10 +92,6 @@ class Rollouts:
         if self.moments and d.get("reward_moments"):
             self.moments.load_state_dict(d["reward_moments"])
 
-    def autocast(self):
-        dev = self.setup.device
-        return torch.autocast(dev.type, dtype=torch.bfloat16) if self.cfg.dtype == "bfloat16" else nullcontext()
-
     def sample(self, examples: list[dict], k: int):
         """Generate k completions per prompt and score them: (batch, raw scores, ended, generation, texts)."""
         cfg, tok = self.cfg, self.tok
@@ -117,10 +112,9 @@ class Rollouts:
         batch, raw, ended, gen, _ = self.sample(self.prompts(iteration, 0), self.cfg.num_samples)
         t_gen = time.perf_counter() - t0
         self.model.eval()
-        with self.autocast():
-            out = self.model(batch["input_ids"], batch["attention_mask"], batch["labels"], with_entropy=False)
-            logps, mask, values = out["logps"], out["mask"], out["values"]
-            ref_logps = self.ref(batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+        out = self.model(batch["input_ids"], batch["attention_mask"], batch["labels"], with_entropy=False)
+        logps, mask, values = out["logps"], out["mask"], out["values"]
+        ref_logps = self.ref(batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
         t_score = time.perf_counter() - t0 - t_gen
         self.model.train()
         maskf = mask.float()

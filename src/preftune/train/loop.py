@@ -1,7 +1,7 @@
 """The one training loop. A recipe supplies the trainable module, a batch source and
 ``step(batch) -> (loss_sum, metrics)``; this loop does the rest: AdamW, warm-up + decay, gradient
-accumulation, clipping, bf16 autocast, DDP, evaluation, logging, atomic checkpoints, resume and the
-non-finite-loss guard.
+accumulation, clipping, bfloat16 compute over float32 master weights (``precision.py``), DDP,
+evaluation, logging, atomic checkpoints, resume and the non-finite-loss guard.
 
 Normalisation: ``step`` returns the *sum* of per-item losses of its micro-batch and ``count(batch)``
 the number of items (tokens for SFT, pairs for DPO). Each micro-batch's loss is divided by the
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..data.tokenize import real_tokens
 from . import checkpoint, distributed
+from .precision import MasterWeights
 from .run import RunDir
 
 
@@ -90,6 +91,9 @@ class Trainer:
 
     def __post_init__(self):
         cfg = self.cfg
+        # bfloat16: parameters become bf16 copies before DDP builds its buckets; the optimizer
+        # steps the float32 masters (see ``_masters``)
+        self.master = MasterWeights(self.model) if cfg.dtype == "bfloat16" else None
         self.ddp_model = distributed.wrap(self.model, self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         # fused: one kernel for all parameters (CPU and GPU), measurably cheaper than the loop
@@ -101,10 +105,9 @@ class Trainer:
         self.bad_in_row = 0
         self.bad_total = 0
 
-    def _autocast(self):
-        if self.cfg.dtype == "bfloat16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+    def _masters(self):
+        """Parameters hold their float32 masters and gradients inside (bfloat16 runs)."""
+        return self.master.in_place() if self.master else nullcontext()
 
     def _resume(self) -> None:
         found = checkpoint.list_checkpoints(self.run.checkpoints)
@@ -112,7 +115,8 @@ class Trainer:
             if self.rank == 0:
                 print(f"--resume: no checkpoint in {self.run.checkpoints}; starting from step 0")
             return
-        state = checkpoint.load(found[-1], self.model, self.optimizer, self.scheduler)
+        with self._masters():
+            state = checkpoint.load(found[-1], self.model, self.optimizer, self.scheduler)
         self.step = state["step"]
         self.bad_total = state.get("bad_steps", 0)
         if self.state is not None:
@@ -123,9 +127,10 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         if self.rank == 0:
-            checkpoint.save(self.run.checkpoints, self.step, self.model, self.optimizer, self.scheduler,
-                            {"bad_steps": self.bad_total, "recipe": self.state[0]() if self.state else {}},
-                            self.cfg.keep_checkpoints)
+            with self._masters():
+                checkpoint.save(self.run.checkpoints, self.step, self.model, self.optimizer, self.scheduler,
+                                {"bad_steps": self.bad_total, "recipe": self.state[0]() if self.state else {}},
+                                self.cfg.keep_checkpoints)
         distributed.barrier()
 
     def train_step(self) -> dict | None:
@@ -140,15 +145,23 @@ class Trainer:
         finite = True
         for m, (batch, n) in enumerate(zip(micro, counts)):
             batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            sync = nullcontext() if m == len(micro) - 1 or self.world == 1 else self.ddp_model.no_sync()
-            with sync:
-                with self._autocast():
-                    loss, metrics = self.step_fn(self.ddp_model, batch)
+            # gradients are reduced at the last micro-batch, or at each one when bf16 gradients move
+            # into float32 sums after every backward
+            reduce_now = m == len(micro) - 1 or self.world == 1 or self.master is not None
+            with nullcontext() if reduce_now else self.ddp_model.no_sync():
+                loss, metrics = self.step_fn(self.ddp_model, batch)
                 finite &= bool(torch.isfinite(loss.detach()))
                 (loss * self.world / max(total, 1)).backward()
+            if self.master:
+                self.master.accumulate()
             loss_sum += float(loss.detach())
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
+        with self._masters():
+            return self._optimizer_step(loss_sum, finite, sums, total, tokens)
+
+    def _optimizer_step(self, loss_sum: float, finite: bool, sums: dict, total: int, tokens: int) -> dict | None:
+        cfg = self.cfg
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad],
             cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
@@ -209,6 +222,8 @@ class Trainer:
                    "final_train": last, **self.summary_extra}
         if self.evaluate:
             summary["eval"] = final_eval if final_eval is not None else self.evaluate()
+        if self.master:
+            self.master.release()
         if self.rank == 0 and self.save_final:
             self.save_final()
         distributed.barrier()
