@@ -19,35 +19,36 @@ def test_master_weights_accumulate_step_and_release():
     with torch.no_grad():
         net[0].weight[0, 0] = 1.0
     original = {k: v.clone() for k, v in net.state_dict().items()}
+    weight = net[0].weight
     mw = MasterWeights(net)
     assert all(p.dtype == torch.bfloat16 for p in net.parameters())
-    assert mw.masters[0].dtype == torch.float32 and torch.equal(mw.masters[0], original["0.weight"])
-    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1.0)
+    assert list(mw.masters) == ["0.weight", "0.bias"]
+    master = mw.masters["0.weight"]
+    assert master.dtype == torch.float32 and torch.equal(master, original["0.weight"])
+    opt = torch.optim.SGD(mw.masters.values(), lr=1.0)
 
     x = torch.randn(2, 4, 8, dtype=torch.bfloat16)
     grads = []
     for xb in x:                                       # two micro-batches, summed in float32
         net(xb).sum().backward()
-        grads.append(net[0].weight.grad.float())
+        grads.append(weight.grad.float())
         mw.accumulate()
-        assert net[0].weight.grad is None
+        assert weight.grad is None
+    torch.testing.assert_close(master.grad, grads[0] + grads[1])
     with torch.no_grad():
-        mw.grads[0][0, 0] = -1e-4                      # an update below bf16 resolution at 1.0
-    with mw.in_place():
-        assert net[0].weight.dtype == torch.float32 and net[0].weight.grad.dtype == torch.float32
-        torch.testing.assert_close(net[0].bias.grad, mw.grads[1])
-        opt.step()
+        master.grad[0, 0] = -1e-4                      # an update below bf16 resolution at 1.0
+    opt.step()
+    mw.copy_to_model()
     expected = original["0.weight"] - (grads[0] + grads[1])
     expected[0, 0] = 1.0 + 1e-4
-    torch.testing.assert_close(mw.masters[0], expected, atol=1e-6, rtol=0)
-    assert mw.masters[0][0, 0] != 1.0                  # kept by the master ...
-    assert net[0].weight[0, 0] == 1.0                  # ... lost in the bf16 copy
-    assert torch.equal(net[0].weight, expected.bfloat16())
-    assert all(g is None for g in mw.grads) and net[0].weight.grad is None
+    torch.testing.assert_close(master, expected, atol=1e-6, rtol=0)
+    assert master[0, 0] != 1.0                         # kept by the master ...
+    assert weight[0, 0] == 1.0                         # ... lost in the bf16 copy
+    assert net[0].weight is weight and torch.equal(weight, expected.bfloat16())
 
     mw.release()
     assert all(p.dtype == torch.float32 for p in net.parameters())
-    assert torch.equal(net[0].weight, mw.masters[0])
+    assert torch.equal(net[0].weight, master)
 
 
 @pytest.mark.slow

@@ -37,25 +37,27 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(model: torch.nn.Module) -> dict:
-    """Every parameter and buffer, contiguous and de-duplicated (tied weights are stored once)."""
+def trainable_state(model: torch.nn.Module, masters: dict | None = None) -> dict:
+    """Every parameter and buffer, contiguous and de-duplicated (tied weights are stored once);
+    ``masters`` ({name: float32 tensor}, bf16 runs) replace the named parameters' values."""
     state, seen = {}, {}
     for name, t in model.state_dict().items():
         key = (t.data_ptr(), t.shape) if t.numel() else None
         if key is not None and key in seen:
             continue
         seen[key] = name
-        state[name] = t.detach().contiguous().cpu()
+        state[name] = (masters or {}).get(name, t).detach().contiguous().cpu()
     return state
 
 
-def save(folder: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int) -> Path:
+def save(folder: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int, *,
+         masters: dict | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{step}"
     tmp = folder / f".tmp-{PREFIX}{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), tmp / "model.safetensors")
+    save_file(trainable_state(model, masters), tmp / "model.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
                tmp / "trainer_state.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
@@ -76,14 +78,18 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
-def load(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore a checkpoint into the given objects; returns its state.json."""
+def load(path: Path, model, optimizer, scheduler, *, masters: dict | None = None) -> dict:
+    """Restore a checkpoint into the given objects (and float32 ``masters``, bf16 runs); returns
+    its state.json."""
     weights = load_file(path / "model.safetensors")
     # Tied weights are stored once; loading one name fills the shared tensor, so only
     # unexpected names are an error.
     unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
     if unexpected:
         raise RuntimeError(f"{path}: checkpoint holds weights this model lacks: {unexpected[:5]}")
+    with torch.no_grad():
+        for name, master in (masters or {}).items():
+            master.copy_(weights[name])
     trainer = torch.load(path / "trainer_state.pt", weights_only=True)
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])

@@ -91,13 +91,14 @@ class Trainer:
 
     def __post_init__(self):
         cfg = self.cfg
-        # bfloat16: parameters become bf16 copies before DDP builds its buckets; the optimizer
-        # steps the float32 masters (see ``_masters``)
+        # bfloat16: parameters become bf16 copies before DDP builds its buckets, and the optimizer
+        # steps their float32 masters
         self.master = MasterWeights(self.model) if cfg.dtype == "bfloat16" else None
         self.ddp_model = distributed.wrap(self.model, self.device)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params = (list(self.master.masters.values()) if self.master is not None else
+                       [p for p in self.model.parameters() if p.requires_grad])
         # fused: one kernel for all parameters (CPU and GPU), measurably cheaper than the loop
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                            weight_decay=cfg.weight_decay, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_schedule(cfg.lr_scheduler, cfg.warmup_steps, cfg.max_steps))
@@ -105,9 +106,8 @@ class Trainer:
         self.bad_in_row = 0
         self.bad_total = 0
 
-    def _masters(self):
-        """Parameters hold their float32 masters and gradients inside (bfloat16 runs)."""
-        return self.master.in_place() if self.master else nullcontext()
+    def _masters(self) -> dict | None:
+        return self.master.masters if self.master is not None else None
 
     def _resume(self) -> None:
         found = checkpoint.list_checkpoints(self.run.checkpoints)
@@ -115,8 +115,7 @@ class Trainer:
             if self.rank == 0:
                 print(f"--resume: no checkpoint in {self.run.checkpoints}; starting from step 0")
             return
-        with self._masters():
-            state = checkpoint.load(found[-1], self.model, self.optimizer, self.scheduler)
+        state = checkpoint.load(found[-1], self.model, self.optimizer, self.scheduler, masters=self._masters())
         self.step = state["step"]
         self.bad_total = state.get("bad_steps", 0)
         if self.state is not None:
@@ -127,10 +126,9 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         if self.rank == 0:
-            with self._masters():
-                checkpoint.save(self.run.checkpoints, self.step, self.model, self.optimizer, self.scheduler,
-                                {"bad_steps": self.bad_total, "recipe": self.state[0]() if self.state else {}},
-                                self.cfg.keep_checkpoints)
+            checkpoint.save(self.run.checkpoints, self.step, self.model, self.optimizer, self.scheduler,
+                            {"bad_steps": self.bad_total, "recipe": self.state[0]() if self.state else {}},
+                            self.cfg.keep_checkpoints, masters=self._masters())
         distributed.barrier()
 
     def train_step(self) -> dict | None:
@@ -152,19 +150,13 @@ class Trainer:
                 loss, metrics = self.step_fn(self.ddp_model, batch)
                 finite &= bool(torch.isfinite(loss.detach()))
                 (loss * self.world / max(total, 1)).backward()
-            if self.master:
+            if self.master is not None:
                 self.master.accumulate()
             loss_sum += float(loss.detach())
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
-        with self._masters():
-            return self._optimizer_step(loss_sum, finite, sums, total, tokens)
-
-    def _optimizer_step(self, loss_sum: float, finite: bool, sums: dict, total: int, tokens: int) -> dict | None:
-        cfg = self.cfg
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in self.model.parameters() if p.requires_grad],
-            cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+            self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
         keys = sorted(sums)
         reduced = distributed.all_sum([loss_sum, float(not finite)] + [sums[k] for k in keys], self.device)
         finite = reduced[1] == 0 and math.isfinite(float(grad_norm))
@@ -176,6 +168,8 @@ class Trainer:
             return None
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
+        if self.master is not None:
+            self.master.copy_to_model()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         out = {"loss": reduced[0] / max(total, 1), "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
@@ -222,7 +216,7 @@ class Trainer:
                    "final_train": last, **self.summary_extra}
         if self.evaluate:
             summary["eval"] = final_eval if final_eval is not None else self.evaluate()
-        if self.master:
+        if self.master is not None:
             self.master.release()
         if self.rank == 0 and self.save_final:
             self.save_final()
