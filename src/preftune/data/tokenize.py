@@ -113,7 +113,12 @@ def pack(sequences: list[tuple[list[int], list[int]]], pad_id: int, *, capacity:
     ≤ max(capacity, longest) tokens. ``position_ids`` restart at 0 for each sequence (and for each
     row's padding tail), which is how ``transformers`` recognises packed sequences and attends only
     within each one. ``segments`` gives each position's sequence index (−1 for padding) and
-    ``last_index`` each sequence's last token as a flat index into the rows, in input order."""
+    ``last_index`` each sequence's last token as a flat index into the rows, in input order.
+    ``gather`` (sequences, L) and ``scatter`` (rows, T) map between the rows and one right-padded
+    slot of length L (the longest sequence) per sequence, for ``models.attention``: gather holds
+    the flat row position of each sequence's j-th token, scatter each row position's flat index
+    into the slots; a position with no counterpart (a slot past its sequence's end, row padding)
+    holds the one-past-the-end index (rows·T, resp. sequences·L)."""
     width = max(capacity, max(len(p) + len(c) for p, c in sequences))
     order = sorted(range(len(sequences)), key=lambda i: -(len(sequences[i][0]) + len(sequences[i][1])))
     rows: list[list[int]] = []
@@ -135,6 +140,9 @@ def pack(sequences: list[tuple[list[int], list[int]]], pad_id: int, *, capacity:
     segments = torch.full(shape, -1, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     last_index = torch.zeros(len(sequences), dtype=torch.long)
+    longest = max(len(p) + len(c) for p, c in sequences)
+    gather = torch.full((len(sequences), longest), shape[0] * shape[1], dtype=torch.long)
+    scatter = torch.full(shape, len(sequences) * longest, dtype=torch.long)
     for r, members in enumerate(rows):
         at = 0
         for i in members:
@@ -147,10 +155,12 @@ def pack(sequences: list[tuple[list[int], list[int]]], pad_id: int, *, capacity:
             segments[r, at:at + n] = i
             position_ids[r, at:at + n] = torch.arange(n)
             last_index[i] = r * length + at + n - 1
+            gather[i, :n] = r * length + at + torch.arange(n)
+            scatter[r, at:at + n] = i * longest + torch.arange(n)
             at += n
         position_ids[r, at:] = torch.arange(length - at)
     return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "segments": segments,
-            "last_index": last_index}
+            "last_index": last_index, "gather": gather, "scatter": scatter}
 
 
 def batch_sequences(sequences, pad_id: int, *, packing: bool, train_on_prompt: bool = False) -> dict:

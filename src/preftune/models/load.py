@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from .attention import ATTENTION
+
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):
     tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -28,9 +30,9 @@ def _bf16(cfg) -> bool:
 
 
 def attention_implementation(cfg) -> str | None:
-    """``eager`` for bfloat16 on CPU (under autocast, torch's CPU SDPA kernels measured 1.6× slower
-    than plain matmuls; with bf16 weights the two measured level); else the model's default."""
-    return "eager" if _bf16(cfg) and not torch.cuda.is_available() else None
+    """``models.attention`` (packed batches attend sequence by sequence; otherwise SDPA) for the
+    models of ``transformers`` itself; remote code keeps its own default."""
+    return None if cfg is not None and cfg.trust_remote_code else ATTENTION
 
 
 def _load_dtype(cfg, trainable: bool) -> torch.dtype:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.tokenize import IGNORE
+from .attention import packing_kwargs
 
 
 def token_logps(logits: Tensor, targets: Tensor, chunk: int = 4096) -> Tensor:
@@ -39,21 +40,24 @@ class CausalLMScorer(nn.Module):
         self.lm = lm
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, labels: Tensor, *,
-                position_ids: Tensor | None = None, with_entropy: bool = False, with_hidden: bool = False):
+                position_ids: Tensor | None = None, packed: tuple[Tensor, Tensor] | None = None,
+                with_entropy: bool = False, with_hidden: bool = False):
         """(token log-probs (N, T−1), mask (N, T−1)); with_entropy adds the per-token entropy of the
         policy there, with_hidden the decoder's last hidden states (N, T, H). A packed batch passes
-        ``position_ids`` and no attention mask (see ``data.pack``)."""
+        ``position_ids``, ``packed`` = its (gather, scatter) index and no attention mask (see
+        ``data.pack``)."""
         targets = labels[:, 1:]
         mask = targets != IGNORE
         lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
         pos = position_ids if attention_mask is None else _positions(attention_mask)
+        extra = packing_kwargs(lm, packed)
         if _plain_head(lm):
             hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                                      use_cache=False).last_hidden_state
+                                      use_cache=False, **extra).last_hidden_state
             logits = lm.get_output_embeddings()(hidden[:, :-1][mask])
         else:
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                          output_hidden_states=with_hidden, use_cache=False)
+                          output_hidden_states=with_hidden, use_cache=False, **extra)
             hidden = out.hidden_states[-1] if with_hidden else None
             logits = out.logits[:, :-1][mask]
         logps = torch.zeros(targets.shape, dtype=torch.float32, device=input_ids.device)
@@ -84,13 +88,14 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
 
 
 def classifier_outputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
-                       position_ids: Tensor | None = None) -> Tensor:
+                       position_ids: Tensor | None = None, packed: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """A one-output sequence classifier's score head applied at every position: (N, T)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(base, base.base_model_prefix)
     pos = position_ids if attention_mask is None else _positions(attention_mask)
     # use_cache=False: no KV cache in training (with one, transformers also skips packed-sequence masks)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False).last_hidden_state
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False,
+                  **packing_kwargs(base, packed)).last_hidden_state
     return base.score(hidden).squeeze(-1).float()
 
 
@@ -103,10 +108,10 @@ class RewardScorer(nn.Module):
         self.model = model
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, *, position_ids: Tensor | None = None,
-                last_index: Tensor | None = None) -> Tensor:
+                last_index: Tensor | None = None, packed: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Padded batch: (input_ids, attention_mask). Packed batch (``data.pack``): attention_mask
-        None, position_ids, and last_index (flat index of each sequence's last token)."""
-        scores = classifier_outputs(self.model, input_ids, attention_mask, position_ids)
+        None, position_ids, last_index (flat index of each sequence's last token) and packed."""
+        scores = classifier_outputs(self.model, input_ids, attention_mask, position_ids, packed)
         if attention_mask is None:
             return scores.reshape(-1)[last_index]
         return scores[torch.arange(len(scores), device=scores.device), last_token_index(attention_mask)]
@@ -116,14 +121,14 @@ def lm_inputs(batch: dict) -> dict:
     """Scorer keyword arguments of a padded or a packed batch."""
     if "segments" in batch:
         return {"input_ids": batch["input_ids"], "attention_mask": None, "labels": batch["labels"],
-                "position_ids": batch["position_ids"]}
+                "position_ids": batch["position_ids"], "packed": (batch["gather"], batch["scatter"])}
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": batch["labels"]}
 
 
 def rm_inputs(batch: dict) -> dict:
     if "segments" in batch:
         return {"input_ids": batch["input_ids"], "attention_mask": None, "position_ids": batch["position_ids"],
-                "last_index": batch["last_index"]}
+                "last_index": batch["last_index"], "packed": (batch["gather"], batch["scatter"])}
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 

@@ -1,0 +1,109 @@
+"""Packed attention (models/attention.py): sequence-by-sequence causal attention over packed rows
+equals causal attention of each sequence on its own, values and gradients, in float64."""
+import json
+
+import pytest
+import torch
+
+from preftune.data import pack
+from preftune.models.attention import ATTENTION, _Select, packed_attention
+
+
+def random_sequences(seed: int, n: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 40, (n, 2), generator=g).tolist()
+    return [([1] * p, [2] * c) for p, c in lengths]
+
+
+class FakeAttention(torch.nn.Module):
+    is_causal = True
+
+
+def reference_attention(q, k, v, lengths, starts):
+    """Each sequence alone: softmax(q kᵀ/√d + causal) v, heads of k/v repeated for grouped queries."""
+    heads, dim = q.shape[1], q.shape[3]
+    k = k.repeat_interleave(heads // k.shape[1], dim=1)
+    v = v.repeat_interleave(heads // v.shape[1], dim=1)
+    out = torch.zeros(q.shape[0], q.shape[2], heads, dim, dtype=q.dtype)
+    for (r, at), n in zip(starts, lengths):
+        qs, ks, vs = (x[r, :, at:at + n] for x in (q, k, v))
+        scores = qs @ ks.transpose(-1, -2) / dim ** 0.5
+        scores = scores + torch.full((n, n), float("-inf"), dtype=q.dtype).triu(1)
+        out[r, at:at + n] = (torch.softmax(scores, -1) @ vs).transpose(0, 1)
+    return out
+
+
+def layout(batch):
+    """(row, offset) and length of each sequence, read back from the packed batch's segments."""
+    seg = batch["segments"]
+    starts, lengths = [], []
+    for i in range(len(batch["last_index"])):
+        rows, cols = (seg == i).nonzero(as_tuple=True)
+        starts.append((int(rows[0]), int(cols.min())))
+        lengths.append(len(cols))
+    return starts, lengths
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_packed_attention_equals_each_sequence_alone(kv_heads):
+    batch = pack(random_sequences(0), 0, capacity=64)
+    assert batch["input_ids"].shape[0] > 1 and (batch["segments"] < 0).any()   # several rows, some row padding
+    rows, length = batch["input_ids"].shape
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(rows, 4, length, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    k = torch.randn(rows, kv_heads, length, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    v = torch.randn(rows, kv_heads, length, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    out, weights = packed_attention(FakeAttention(), q, k, v, None, scaling=8 ** -0.5,
+                                    packed_sequences=(batch["gather"], batch["scatter"]))
+    assert weights is None and out.shape == (rows, length, 4, 8)
+    starts, lengths = layout(batch)
+    ref = reference_attention(q, k, v, lengths, starts)
+    real = batch["segments"] >= 0
+    torch.testing.assert_close(out[real], ref[real], atol=1e-12, rtol=1e-12)
+    w = torch.randn(out.shape, dtype=torch.float64, generator=g) * real[..., None, None]   # padding outputs are unused
+    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_select_gradient_is_the_inverse_gather():
+    batch = pack(random_sequences(2), 0, capacity=64)
+    gather, scatter = batch["gather"].reshape(-1), batch["scatter"].reshape(-1)
+    x = torch.randn(scatter.numel(), 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda t: _Select.apply(t, gather, scatter), (x,))
+    y = torch.randn(gather.numel(), 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda t: _Select.apply(t, scatter, gather), (y,))
+    # slots past a sequence's end and row padding read zeros
+    assert (_Select.apply(x, gather, scatter)[gather == scatter.numel()] == 0).all()
+
+
+def test_model_gradients_equal_block_diagonal_attention(tiny_model):
+    """The whole model on a packed batch: our attention against transformers' SDPA attention with
+    its block-diagonal mask, outputs and every parameter's gradient (float64; eager attention would
+    not do as the reference: it takes its softmax in float32)."""
+    from transformers import AutoModelForCausalLM
+    batch = pack([([1, 5, 9, 13][:n % 4 + 1], list(range(20, 20 + 3 * n))) for n in range(1, 9)], 0, capacity=48)
+    outs, grads = {}, {}
+    for impl in ("sdpa", ATTENTION):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float64, attn_implementation=impl)
+        extra = {"packed_sequences": (batch["gather"], batch["scatter"])} if impl == ATTENTION else {}
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **extra).logits
+        real = batch["segments"] >= 0
+        outs[impl] = logits[real]
+        logits[real].logsumexp(-1).sum().backward()
+        grads[impl] = {n: p.grad for n, p in model.named_parameters()}
+    torch.testing.assert_close(outs["sdpa"], outs[ATTENTION], atol=1e-10, rtol=1e-10)
+    for name, g in grads["sdpa"].items():
+        torch.testing.assert_close(grads[ATTENTION][name], g, atol=1e-10, rtol=1e-10, msg=name)
+
+
+def test_saved_models_do_not_name_the_attention(tiny_model, tmp_path):
+    """The implementation is chosen at load time; a saved model reloads with plain transformers."""
+    from transformers import AutoModelForCausalLM
+    from preftune.models import load_causal_lm, save_model
+    model = load_causal_lm(tiny_model, trainable=False)
+    assert model.config._attn_implementation == ATTENTION
+    save_model(model, None, tmp_path / "m")
+    assert ATTENTION not in json.dumps(json.loads((tmp_path / "m" / "config.json").read_text()))
+    AutoModelForCausalLM.from_pretrained(tmp_path / "m")
