@@ -107,3 +107,22 @@ def test_saved_models_do_not_name_the_attention(tiny_model, tmp_path):
     save_model(model, None, tmp_path / "m")
     assert ATTENTION not in json.dumps(json.loads((tmp_path / "m" / "config.json").read_text()))
     AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+
+
+def test_padded_batches_and_generation_equal_sdpa(tiny_model):
+    """Without the packing index (left-padded batches, generation with a KV cache) the matmul
+    fallback equals SDPA attention with transformers' masks (float64)."""
+    from transformers import AutoModelForCausalLM
+    ids = torch.tensor([[0, 0, 1, 7, 8, 9], [1, 5, 6, 7, 8, 9], [0, 0, 0, 0, 1, 4]])
+    mask = (ids != 0).long()
+    results = {}
+    for impl in ("sdpa", ATTENTION):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float64, attn_implementation=impl)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits[mask.bool()].logsumexp(-1).sum().backward()
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+        results[impl] = (logits[mask.bool()], model.model.layers[0].self_attn.k_proj.weight.grad,
+                         out.sequences, torch.stack(out.scores))
+    for a, b in zip(results["sdpa"], results[ATTENTION]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

@@ -11,8 +11,11 @@ that it runs anywhere. Right padding needs no mask beyond the causal one: a real
 earlier positions, which are all real; outputs at padded slots are never read back.
 
 Registered in ``transformers``' ``AttentionInterface`` as ``ATTENTION``. Batches without the packing
-index (generation, padded batches) and attention variants it does not cover (sliding windows,
-soft-capping, sink tokens) go to ``transformers``' SDPA attention with the usual mask.
+index (generation, padded batches) attend over their rows with ``transformers``' additive mask: on
+CPU with the same plain matmuls (eager attention; torch's CPU SDPA kernels measured up to 3× slower
+in bfloat16 training), on GPU through SDPA. Layers with a sliding window, soft-capping or sink
+tokens always go to SDPA with the mask; ``load.attention_implementation`` picks this implementation
+only for model types whose attention is plain causal softmax attention.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 ATTENTION = "preftune_packed"
 INDEX_KWARG = "packed_sequences"
@@ -29,6 +32,17 @@ INDEX_KWARG = "packed_sequences"
 
 def _causal_mask(length: int, dtype: torch.dtype, device) -> Tensor:
     return torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu(1)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scaling: float, dropout: float) -> Tensor:
+    """softmax(q kᵀ · scaling + mask) v, with k, v heads repeated for grouped queries; q (b, h, tq, d),
+    k and v (b, h_kv, tk, d), an additive mask broadcastable to (b, h, tq, tk)."""
+    if k.shape[1] != q.shape[1]:
+        k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scaling)
+    if mask is not None:
+        scores = scores.add_(mask)
+    return torch.matmul(F.dropout(torch.softmax(scores, dim=-1), p=dropout, training=dropout > 0), v)
 
 
 def _with_zero_row(x: Tensor) -> Tensor:
@@ -58,36 +72,38 @@ def packed_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
     index of ``data.pack``: gather (n_seq, L) holds the flat row position of each sequence's j-th
     token, scatter (rows, T) each position's flat slot index (one past the end where none)."""
     index = kwargs.pop(INDEX_KWARG, None)
-    if (index is None or kwargs.get("sliding_window") or kwargs.get("softcap")
-            or getattr(module, "sinks", None) is not None or not getattr(module, "is_causal", True)):
+    rows, heads, length, dim = query.shape
+    scaling = dim ** -0.5 if scaling is None else scaling
+    dropout = dropout if module.training else 0.0
+    special = kwargs.get("sliding_window") or kwargs.get("softcap") or getattr(module, "sinks", None) is not None
+    if query.is_cuda and index is None or special:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
+    if index is None:
+        if attention_mask is not None:
+            mask = attention_mask[..., :key.shape[2]]
+        else:   # causal, aligned to the last key (a KV cache holds earlier keys)
+            mask = _causal_mask(key.shape[2], query.dtype, query.device)[-length:]
+        return _attend(query, key, value, mask, scaling, dropout).transpose(1, 2).contiguous(), None
     gather, scatter = index[0].reshape(-1), index[1].reshape(-1)
-    rows, heads, length, dim = query.shape
     n_seq, longest = index[0].shape
-    scaling = dim ** -0.5 if scaling is None else scaling
 
-    def to_sequences(x: Tensor) -> Tensor:   # (rows, h, T, d) -> (n_seq, heads, L, d)
-        h = x.shape[1]
-        x = _Select.apply(x.transpose(1, 2).reshape(rows * length, h, dim), gather, scatter)
-        x = x.view(n_seq, longest, h, dim).transpose(1, 2)
-        return x.repeat_interleave(heads // h, dim=1) if h != heads else x
+    def to_sequences(x: Tensor) -> Tensor:   # (rows, h, T, d) -> (n_seq, h, L, d)
+        x = _Select.apply(x.transpose(1, 2).reshape(rows * length, x.shape[1], dim), gather, scatter)
+        return x.view(n_seq, longest, -1, dim).transpose(1, 2)
 
     q, k, v = to_sequences(query), to_sequences(key), to_sequences(value)
-    dropout = dropout if module.training else 0.0
     if q.is_cuda:   # fused kernels
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=dropout)
-    else:           # on CPU, plain matmuls measured 2-3× faster than the SDPA kernels at these sizes
-        scores = torch.baddbmm(_causal_mask(longest, q.dtype, q.device), q.flatten(0, 1),
-                               k.flatten(0, 1).transpose(1, 2), alpha=scaling)
-        weights = F.dropout(torch.softmax(scores, dim=-1), p=dropout, training=dropout > 0)
-        out = torch.bmm(weights, v.flatten(0, 1)).view(n_seq, heads, longest, dim)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=dropout,
+                                             enable_gqa=k.shape[1] != heads)
+    else:
+        out = _attend(q, k, v, _causal_mask(longest, q.dtype, q.device), scaling, dropout)
     out = _Select.apply(out.transpose(1, 2).reshape(n_seq * longest, heads, dim), scatter, gather)
     return out.view(rows, length, heads, dim), None
 
 
 AttentionInterface.register(ATTENTION, packed_attention)
-AttentionMaskInterface.register(ATTENTION, sdpa_mask)   # the mask its SDPA fallback needs
+AttentionMaskInterface.register(ATTENTION, eager_mask)   # additive masks for batches without the index
 
 
 def packing_kwargs(model, batch_index: tuple[Tensor, Tensor] | None) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from .attention import ATTENTION
 
@@ -29,10 +29,15 @@ def _bf16(cfg) -> bool:
     return cfg is not None and getattr(cfg, "dtype", "float32") == "bfloat16"
 
 
-def attention_implementation(cfg) -> str | None:
-    """``models.attention`` (packed batches attend sequence by sequence; otherwise SDPA) for the
-    models of ``transformers`` itself; remote code keeps its own default."""
-    return None if cfg is not None and cfg.trust_remote_code else ATTENTION
+PLAIN_ATTENTION = ("llama", "mistral", "qwen2", "qwen3")   # causal softmax attention, no soft-capping or sinks
+
+
+def attention_implementation(name: str, cfg) -> str | None:
+    """``models.attention`` (packed batches attend sequence by sequence) for model types whose
+    attention it reproduces; otherwise, and for remote code, the model's own default."""
+    if cfg is not None and cfg.trust_remote_code:
+        return None
+    return ATTENTION if AutoConfig.from_pretrained(name).model_type in PLAIN_ATTENTION else None
 
 
 def _load_dtype(cfg, trainable: bool) -> torch.dtype:
@@ -53,7 +58,7 @@ def load_causal_lm(name: str, cfg=None, *, trainable: bool = True):
     """A causal LM; with ``cfg.lora_r > 0`` and ``trainable``, LoRA adapters wrap it."""
     trust = bool(cfg and cfg.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=_load_dtype(cfg, trainable), trust_remote_code=trust,
-                                                 use_safetensors=True, attn_implementation=attention_implementation(cfg))
+                                                 use_safetensors=True, attn_implementation=attention_implementation(name, cfg))
     return _finish(model, cfg, trainable, "CAUSAL_LM")
 
 
@@ -62,7 +67,7 @@ def load_reward_model(name: str, cfg=None, *, trainable: bool = True, pad_token_
     trust = bool(cfg and cfg.trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(
         name, num_labels=1, dtype=_load_dtype(cfg, trainable), trust_remote_code=trust, use_safetensors=True,
-        attn_implementation=attention_implementation(cfg))
+        attn_implementation=attention_implementation(name, cfg))
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return _finish(model, cfg, trainable, "SEQ_CLS")
