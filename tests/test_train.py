@@ -94,3 +94,25 @@ def test_packed_batches_equal_padded(tiny_model):
     torch.testing.assert_close(per_sequence(m_a.float(), padded), per_sequence(m_b.float(), packed))
     rm = RewardScorer(load_reward_model(tiny_model, trainable=False, pad_token_id=0))
     torch.testing.assert_close(rm(**rm_inputs(padded)), rm(**rm_inputs(packed)), atol=1e-5, rtol=1e-5)
+
+
+def test_scorer_logps_equal_log_softmax_of_the_logits(tiny_model):
+    """Per-token log-probs (LM head on labelled positions only, chunked cross-entropy) equal
+    log_softmax of the full model's logits at the labels, in float64; chunk boundaries change nothing."""
+    from transformers import AutoModelForCausalLM
+    from preftune.data import collate
+    from preftune.models import CausalLMScorer, lm_inputs, token_logps
+    torch.manual_seed(0)
+    seqs = [([1] + torch.randint(3, 500, (int(n),)).tolist(), torch.randint(3, 500, (int(m),)).tolist() + [2])
+            for n, m in zip(torch.randint(1, 20, (5,)), torch.randint(1, 30, (5,)))]
+    batch = collate(seqs, 0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float64)
+    logps, mask = CausalLMScorer(model)(**lm_inputs(batch))
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    ref = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * mask
+    torch.testing.assert_close(logps.double(), ref, atol=1e-6, rtol=1e-6)   # the scorer returns float32
+    x, t = torch.randn(700, 50, dtype=torch.float64), torch.randint(0, 50, (700,))
+    full = torch.log_softmax(x, -1).gather(-1, t[:, None]).squeeze(-1)
+    for chunk in (1, 64, 256, 1000):
+        torch.testing.assert_close(token_logps(x, t, chunk).double(), full, atol=1e-6, rtol=1e-6)

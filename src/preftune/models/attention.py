@@ -45,24 +45,24 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scaling: float
     return torch.matmul(F.dropout(torch.softmax(scores, dim=-1), p=dropout, training=dropout > 0), v)
 
 
-def _with_zero_row(x: Tensor) -> Tensor:
-    return torch.cat([x, x.new_zeros(1, *x.shape[1:])])
-
-
 class _Select(torch.autograd.Function):
-    """y = [x; 0][index] along dim 0, for an ``index`` whose real entries are one-to-one with those
-    of ``inverse`` (all others read the zero row). Its gradient is then [g; 0][inverse]: a second
-    gather, where autograd's own backward of indexing would be a slow accumulating scatter."""
+    """y = x[index] along dim 0, for an ``index`` whose real entries are one-to-one with those of
+    ``inverse``; entries without a counterpart hold one past the end in both. Those entries of y
+    read an arbitrary row, and their gradient must be zero (true here: they are slots past a
+    sequence's end, or row padding, which no real output depends on). The gradient is then
+    [g; 0][inverse], a second gather, where autograd's backward of indexing would be a slow
+    accumulating scatter."""
 
     @staticmethod
     def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
         ctx.save_for_backward(inverse)
-        return _with_zero_row(x).index_select(0, index)
+        return x.index_select(0, index.clamp(max=len(x) - 1))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (inverse,) = ctx.saved_tensors
-        return _with_zero_row(grad).index_select(0, inverse), None, None
+        padded = torch.cat([grad, grad.new_zeros(1, *grad.shape[1:])])
+        return padded.index_select(0, inverse), None, None
 
 
 def packed_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,

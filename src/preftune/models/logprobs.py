@@ -10,19 +10,21 @@ full forward.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.tokenize import IGNORE
 from .attention import packing_kwargs
 
 
-def token_logps(logits: Tensor, targets: Tensor, chunk: int = 4096) -> Tensor:
-    """log softmax(logits)[target] for (M, V) logits and (M,) targets, in float32; the logsumexp runs
-    in chunks of rows so its temporary stays small."""
-    logits = logits.float()
-    picked = logits.gather(-1, targets[:, None]).squeeze(-1)
-    lse = torch.cat([torch.logsumexp(part, dim=-1) for part in logits.split(chunk)]) if len(logits) else picked
-    return picked - lse
+def token_logps(logits: Tensor, targets: Tensor, chunk: int = 256) -> Tensor:
+    """log softmax(logits)[target] for (M, V) logits and (M,) targets, in float32: −cross-entropy
+    (torch's fused log-softmax, forward and backward) over chunks of rows, so its float32
+    temporaries stay at chunk × V."""
+    if not len(logits):
+        return logits.new_zeros(0, dtype=torch.float32)
+    return torch.cat([-F.cross_entropy(part.float(), t, reduction="none")
+                      for part, t in zip(logits.split(chunk), targets.split(chunk))])
 
 
 def _plain_head(lm) -> bool:
