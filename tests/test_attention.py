@@ -48,6 +48,7 @@ def layout(batch):
 def test_packed_attention_equals_each_sequence_alone(kv_heads):
     batch = pack(random_sequences(0), 0, capacity=64)
     assert batch["input_ids"].shape[0] > 1 and (batch["segments"] < 0).any()   # several rows, some row padding
+    assert batch["input_ids"].shape[1] % 64 == 0 and batch["gather"].shape[1] % 16 == 0   # shapes that repeat
     rows, length = batch["input_ids"].shape
     g = torch.Generator().manual_seed(1)
     q = torch.randn(rows, 4, length, 8, dtype=torch.float64, generator=g, requires_grad=True)

@@ -14,7 +14,7 @@ Registered in ``transformers``' ``AttentionInterface`` as ``ATTENTION``. Batches
 index (generation, padded batches) attend over their rows with ``transformers``' additive mask: on
 CPU with the same plain matmuls (eager attention; torch's CPU SDPA kernels measured up to 3× slower
 in bfloat16 training), on GPU through SDPA. Layers with a sliding window, soft-capping or sink
-tokens always go to SDPA with the mask; ``load.attention_implementation`` picks this implementation
+tokens always go to SDPA with the mask; ``load._use_packed_attention`` picks this implementation
 only for model types whose attention is plain causal softmax attention.
 """
 from __future__ import annotations

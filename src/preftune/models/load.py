@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from .attention import ATTENTION
 
@@ -32,12 +32,11 @@ def _bf16(cfg) -> bool:
 PLAIN_ATTENTION = ("llama", "mistral", "qwen2", "qwen3")   # causal softmax attention, no soft-capping or sinks
 
 
-def attention_implementation(name: str, cfg) -> str | None:
+def _use_packed_attention(model, cfg) -> None:
     """``models.attention`` (packed batches attend sequence by sequence) for model types whose
-    attention it reproduces; otherwise, and for remote code, the model's own default."""
-    if cfg is not None and cfg.trust_remote_code:
-        return None
-    return ATTENTION if AutoConfig.from_pretrained(name).model_type in PLAIN_ATTENTION else None
+    attention it reproduces; other types, and remote code, keep their own default."""
+    if not (cfg is not None and cfg.trust_remote_code) and model.config.model_type in PLAIN_ATTENTION:
+        model.set_attn_implementation(ATTENTION)
 
 
 def _load_dtype(cfg, trainable: bool) -> torch.dtype:
@@ -47,6 +46,7 @@ def _load_dtype(cfg, trainable: bool) -> torch.dtype:
 
 
 def _finish(model, cfg, trainable: bool, task_type: str):
+    _use_packed_attention(model, cfg)
     if trainable and cfg is not None and cfg.lora_r > 0:
         model = _lora(model, cfg, task_type)
     if not trainable:
@@ -58,7 +58,7 @@ def load_causal_lm(name: str, cfg=None, *, trainable: bool = True):
     """A causal LM; with ``cfg.lora_r > 0`` and ``trainable``, LoRA adapters wrap it."""
     trust = bool(cfg and cfg.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=_load_dtype(cfg, trainable), trust_remote_code=trust,
-                                                 use_safetensors=True, attn_implementation=attention_implementation(name, cfg))
+                                                 use_safetensors=True)
     return _finish(model, cfg, trainable, "CAUSAL_LM")
 
 
@@ -66,8 +66,7 @@ def load_reward_model(name: str, cfg=None, *, trainable: bool = True, pad_token_
     """A sequence classifier with one output (a scalar reward), as the notes recommend."""
     trust = bool(cfg and cfg.trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(
-        name, num_labels=1, dtype=_load_dtype(cfg, trainable), trust_remote_code=trust, use_safetensors=True,
-        attn_implementation=attention_implementation(name, cfg))
+        name, num_labels=1, dtype=_load_dtype(cfg, trainable), trust_remote_code=trust, use_safetensors=True)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return _finish(model, cfg, trainable, "SEQ_CLS")

@@ -27,6 +27,13 @@ def token_logps(logits: Tensor, targets: Tensor, chunk: int = 256) -> Tensor:
                       for part, t in zip(logits.split(chunk), targets.split(chunk))])
 
 
+def _rows_padded(head: nn.Module, rows: Tensor, multiple: int = 64) -> Tensor:
+    """head(rows), computed on the rows zero-padded to a multiple of ``multiple``: the number of
+    labelled tokens changes every batch, and on CPU each new bf16 matmul shape costs a kernel
+    build (see ``data.pack``)."""
+    return head(F.pad(rows, (0, 0, 0, -len(rows) % multiple)))[:len(rows)]
+
+
 def _plain_head(lm) -> bool:
     cfg = lm.config
     return (getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
@@ -56,7 +63,7 @@ class CausalLMScorer(nn.Module):
         if _plain_head(lm):
             hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
                                       use_cache=False, **extra).last_hidden_state
-            logits = lm.get_output_embeddings()(hidden[:, :-1][mask])
+            logits = _rows_padded(lm.get_output_embeddings(), hidden[:, :-1][mask])
         else:
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
                           output_hidden_states=with_hidden, use_cache=False, **extra)
@@ -89,15 +96,22 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
     return (positions * attention_mask).argmax(-1)
 
 
-def classifier_outputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
-                       position_ids: Tensor | None = None, packed: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """A one-output sequence classifier's score head applied at every position: (N, T)."""
+def _classifier_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
+                       position_ids: Tensor | None, packed: tuple[Tensor, Tensor] | None) -> tuple[nn.Module, Tensor]:
+    """(the classifier without LoRA wrappers, its body's last hidden states (N, T, H))."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(base, base.base_model_prefix)
     pos = position_ids if attention_mask is None else _positions(attention_mask)
     # use_cache=False: no KV cache in training (with one, transformers also skips packed-sequence masks)
     hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False,
                   **packing_kwargs(base, packed)).last_hidden_state
+    return base, hidden
+
+
+def classifier_outputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
+                       position_ids: Tensor | None = None, packed: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """A one-output sequence classifier's score head applied at every position: (N, T)."""
+    base, hidden = _classifier_hidden(model, input_ids, attention_mask, position_ids, packed)
     return base.score(hidden).squeeze(-1).float()
 
 
@@ -113,10 +127,12 @@ class RewardScorer(nn.Module):
                 last_index: Tensor | None = None, packed: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Padded batch: (input_ids, attention_mask). Packed batch (``data.pack``): attention_mask
         None, position_ids, last_index (flat index of each sequence's last token) and packed."""
-        scores = classifier_outputs(self.model, input_ids, attention_mask, position_ids, packed)
+        base, hidden = _classifier_hidden(self.model, input_ids, attention_mask, position_ids, packed)
         if attention_mask is None:
-            return scores.reshape(-1)[last_index]
-        return scores[torch.arange(len(scores), device=scores.device), last_token_index(attention_mask)]
+            last = hidden.flatten(0, 1)[last_index]
+        else:
+            last = hidden[torch.arange(len(hidden), device=hidden.device), last_token_index(attention_mask)]
+        return base.score(last).squeeze(-1).float()
 
 
 def lm_inputs(batch: dict) -> dict:
