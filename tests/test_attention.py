@@ -129,3 +129,26 @@ def test_padded_batches_and_generation_equal_sdpa(tiny_model):
                          out.sequences, torch.stack(out.scores))
     for a, b in zip(results["sdpa"], results[ATTENTION]):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_reward_scorer_runs_the_last_mlp_at_last_tokens_only(tiny_model):
+    """A packed batch's rewards come from the last decoder layer's MLP run at each sequence's last
+    token only; values and every gradient equal the full forward's (float64)."""
+    from preftune.models import RewardScorer, load_reward_model, rm_inputs
+    from preftune.models.logprobs import classifier_outputs
+    batch = pack(random_sequences(3, n=9), 0, capacity=64)
+    model = load_reward_model(tiny_model, pad_token_id=0).double()
+    rows_seen = []
+    hook = model.model.layers[-1].mlp.register_forward_hook(lambda m, args, out: rows_seen.append(args[0].shape))
+    rewards = RewardScorer(model)(**rm_inputs(batch))
+    hook.remove()
+    assert rows_seen == [torch.Size([9, model.config.hidden_size])]
+    rewards.sum().backward()
+    trimmed = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    full = classifier_outputs(model, batch["input_ids"], None, batch["position_ids"], (batch["gather"], batch["scatter"]))
+    full = full.reshape(-1)[batch["last_index"]]
+    torch.testing.assert_close(rewards, full, atol=1e-12, rtol=1e-10)
+    full.sum().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(trimmed[name], p.grad, atol=1e-12, rtol=1e-10, msg=name)
