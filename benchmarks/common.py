@@ -22,19 +22,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_peak_gflops(dtype=torch.float32, n: int = 1024, windows: int = 6, seconds: float = 0.4) -> float:
+def matmul_peak_gflops(dtype=torch.float32, sizes=(512, 1024, 2048), windows: int = 4, seconds: float = 0.4) -> float:
     """Measured dense matmul rate on this machine (GFLOP/s), the denominator of MFU: the best of
-    several short windows, since a shared machine's noise only ever slows it down."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
+    several short windows over several square sizes, since a shared machine's noise only ever slows
+    it down and no single size is the fastest for every dtype (bf16 at 1024² measured below the
+    benchmark model's own [1275, 256] × [256, 1024] matmuls)."""
     best = 0.0
-    for _ in range(windows):
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        for _ in range(3):
             a @ b
-            count += 1
-        best = max(best, 2 * n ** 3 * count / (time.perf_counter() - start) / 1e9)
+        for _ in range(windows):
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                a @ b
+                count += 1
+            best = max(best, 2 * n ** 3 * count / (time.perf_counter() - start) / 1e9)
     return best
 
 
