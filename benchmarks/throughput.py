@@ -2,8 +2,8 @@
 mode's own). Prints one JSON line.
 
     python benchmarks/throughput.py --recipe dpo --mode fp32 --assets /tmp/preftune-bench
-modes: fp32 (live frozen reference for DPO), bf16 (bf16 weights over float32 masters), precomputed (DPO reference log-probs
-computed before training; not timed, as for TRL's precompute_ref_log_probs).
+modes: fp32 (live frozen reference for DPO), bf16 (bf16 weights over float32 masters), precomputed
+(DPO reference log-probs computed before training; not timed, as for TRL's precompute_ref_log_probs).
 FLOPs per token: 6·N for a trained forward + backward, +2·N for a live reference forward.
 """
 from __future__ import annotations

@@ -149,9 +149,9 @@ def pack(sequences: list[tuple[list[int], list[int]]], pad_id: int, *, capacity:
     segments = torch.full(shape, -1, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     last_index = torch.zeros(len(sequences), dtype=torch.long)
-    longest = round_up(max(len(p) + len(c) for p, c in sequences), 16)
-    gather = torch.full((len(sequences), longest), shape[0] * shape[1], dtype=torch.long)
-    scatter = torch.full(shape, len(sequences) * longest, dtype=torch.long)
+    slot = round_up(max(len(p) + len(c) for p, c in sequences), 16)
+    gather = torch.full((len(sequences), slot), shape[0] * shape[1], dtype=torch.long)
+    scatter = torch.full(shape, len(sequences) * slot, dtype=torch.long)
     for r, members in enumerate(rows):
         at = 0
         for i in members:
@@ -165,7 +165,7 @@ def pack(sequences: list[tuple[list[int], list[int]]], pad_id: int, *, capacity:
             position_ids[r, at:at + n] = torch.arange(n)
             last_index[i] = r * length + at + n - 1
             gather[i, :n] = r * length + at + torch.arange(n)
-            scatter[r, at:at + n] = i * longest + torch.arange(n)
+            scatter[r, at:at + n] = i * slot + torch.arange(n)
             at += n
         position_ids[r, at:] = torch.arange(length - at)
     return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "segments": segments,

@@ -76,7 +76,7 @@ def packed_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
     scaling = dim ** -0.5 if scaling is None else scaling
     dropout = dropout if module.training else 0.0
     special = kwargs.get("sliding_window") or kwargs.get("softcap") or getattr(module, "sinks", None) is not None
-    if query.is_cuda and index is None or special:
+    if (query.is_cuda and index is None) or special:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     if index is None:
@@ -104,6 +104,12 @@ def packed_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
 
 AttentionInterface.register(ATTENTION, packed_attention)
 AttentionMaskInterface.register(ATTENTION, eager_mask)   # additive masks for batches without the index
+
+
+def every_layer_packed(config) -> bool:
+    """Whether every layer takes the packed path (no sliding-window layers), so that a packed
+    batch's forward needs no attention mask at all."""
+    return getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", True) is False
 
 
 def packing_kwargs(model, batch_index: tuple[Tensor, Tensor] | None) -> dict:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.tokenize import IGNORE
-from .attention import packing_kwargs
+from .attention import every_layer_packed, packing_kwargs
 
 
 def token_logps(logits: Tensor, targets: Tensor, chunk: int = 256) -> Tensor:
@@ -32,6 +32,11 @@ def _rows_padded(head: nn.Module, rows: Tensor, multiple: int = 64) -> Tensor:
     labelled tokens changes every batch, and on CPU each new bf16 matmul shape costs a kernel
     build (see ``data.pack``)."""
     return head(F.pad(rows, (0, 0, 0, -len(rows) % multiple)))[:len(rows)]
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside a peft wrapper (its LoRA layers stay in place), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _plain_head(lm) -> bool:
@@ -57,7 +62,7 @@ class CausalLMScorer(nn.Module):
         ``data.pack``)."""
         targets = labels[:, 1:]
         mask = targets != IGNORE
-        lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        lm = _unwrapped(self.lm)
         pos = position_ids if attention_mask is None else _positions(attention_mask)
         extra = packing_kwargs(lm, packed)
         if _plain_head(lm):
@@ -96,27 +101,27 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
     return (positions * attention_mask).argmax(-1)
 
 
-def _classifier_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
-                       position_ids: Tensor | None, packed: tuple[Tensor, Tensor] | None) -> tuple[nn.Module, Tensor]:
-    """(the classifier without LoRA wrappers, its body's last hidden states (N, T, H))."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+def _classifier_hidden(base: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
+                       position_ids: Tensor | None, packed: tuple[Tensor, Tensor] | None) -> Tensor:
+    """The last hidden states (N, T, H) of an (unwrapped) classifier's body."""
     body = getattr(base, base.base_model_prefix)
     pos = position_ids if attention_mask is None else _positions(attention_mask)
     # use_cache=False: no KV cache in training (with one, transformers also skips packed-sequence masks)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False,
-                  **packing_kwargs(base, packed)).last_hidden_state
-    return base, hidden
+    return body(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False,
+                **packing_kwargs(base, packed)).last_hidden_state
 
 
 def classifier_outputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
                        position_ids: Tensor | None = None, packed: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """A one-output sequence classifier's score head applied at every position: (N, T)."""
-    base, hidden = _classifier_hidden(model, input_ids, attention_mask, position_ids, packed)
-    return base.score(hidden).squeeze(-1).float()
+    base = _unwrapped(model)
+    return base.score(_classifier_hidden(base, input_ids, attention_mask, position_ids, packed)).squeeze(-1).float()
 
 
-def _full_attention_only(config) -> bool:
-    return getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", True) is False
+def _llama_style(body: nn.Module) -> bool:
+    parts = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+    return (all(hasattr(body, name) for name in ("embed_tokens", "rotary_emb", "layers", "norm"))
+            and all(hasattr(body.layers[-1], name) for name in parts))
 
 
 def _last_token_hidden(base: nn.Module, input_ids: Tensor, position_ids: Tensor, packed: tuple[Tensor, Tensor],
@@ -128,11 +133,9 @@ def _last_token_hidden(base: nn.Module, input_ids: Tensor, position_ids: Tensor,
     blocks) under ``models.attention`` with full attention in every layer; None otherwise."""
     body = getattr(base, base.base_model_prefix)
     extra = packing_kwargs(base, packed)
-    layers = getattr(body, "layers", None)
-    if not extra or not _full_attention_only(base.config) or not all(
-            hasattr(body, name) for name in ("embed_tokens", "rotary_emb", "norm")) or not all(
-            hasattr(layers[-1], name) for name in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")):
+    if not extra or not every_layer_packed(base.config) or not _llama_style(body):
         return None
+    layers = body.layers
     hidden = body.embed_tokens(input_ids)
     rope = body.rotary_emb(hidden, position_ids=position_ids)
     for layer in layers[:-1]:
@@ -156,15 +159,14 @@ class RewardScorer(nn.Module):
                 last_index: Tensor | None = None, packed: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Padded batch: (input_ids, attention_mask). Packed batch (``data.pack``): attention_mask
         None, position_ids, last_index (flat index of each sequence's last token) and packed."""
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        last = None if attention_mask is not None else _last_token_hidden(base, input_ids, position_ids, packed,
-                                                                          last_index)
-        if last is None:
-            _, hidden = _classifier_hidden(self.model, input_ids, attention_mask, position_ids, packed)
-            if attention_mask is None:
-                last = hidden.flatten(0, 1)[last_index]
-            else:
-                last = hidden[torch.arange(len(hidden), device=hidden.device), last_token_index(attention_mask)]
+        base = _unwrapped(self.model)
+        if attention_mask is not None:
+            hidden = _classifier_hidden(base, input_ids, attention_mask, None, None)
+            last = hidden[torch.arange(len(hidden), device=hidden.device), last_token_index(attention_mask)]
+        else:
+            last = _last_token_hidden(base, input_ids, position_ids, packed, last_index)
+            if last is None:
+                last = _classifier_hidden(base, input_ids, None, position_ids, packed).flatten(0, 1)[last_index]
         return base.score(last).squeeze(-1).float()
 
 
