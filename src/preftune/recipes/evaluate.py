@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import opt
+from ..config import Config, opt
 from ..data import BadRows
 from ..eval import elo_ratings, sample_and_score, win_rate
 from ..eval.report import markdown, plot, write_csv
@@ -20,14 +20,14 @@ from .generate import prompt_examples
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Config):
     policies: dict = opt({}, "policies to compare, {name: folder}; each row's method is the name before any '@'")
     ref_model: str = opt(None, "π_ref (π_SFT): KL is measured against it and win rates are against its samples")
     data: str = opt(None, "held-out prompts")
     reward: str = opt(None, "reward source: reward-model folder or module:function")
     output_dir: str = opt("runs/eval", "folder for eval.json, frontier.csv, frontier.png, report.md")
-    num_prompts: int = opt(256, "prompts to evaluate on")
-    max_new_tokens: int = opt(48, "longest completion")
+    num_prompts: int = opt(256, "prompts to evaluate on", bounds="[1, inf)")
+    max_new_tokens: int = opt(48, "longest completion", bounds="[1, inf)")
     samples_shown: int = opt(3, "sample completions per policy in report.md")
     seed: int = opt(0, "sampling seed (the same for every policy)")
 

@@ -6,24 +6,24 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import opt
+from ..config import Config, opt
 from ..data import BadRows, DataError, Encoder, detect_kind, load_rows, validate
 from ..models import load_causal_lm, load_tokenizer
 from ..rollout import generate
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Config):
     model: str = opt(None, "model folder or hub name")
     data: str = opt(None, "prompts: any dataset with a 'prompt' column (or messages)")
     output: str = opt("completions.jsonl", "output JSONL: prompt, completion, ended_with_eos")
-    num_samples: int = opt(1, "completions per prompt")
-    max_new_tokens: int = opt(64, "longest completion")
-    temperature: float = opt(1.0, "sampling temperature (0 = greedy)")
-    top_k: int = opt(0, "sample among the k most likely tokens (0 = all)")
-    top_p: float = opt(1.0, "nucleus sampling mass")
-    batch_size: int = opt(32, "prompts per generate call")
-    max_prompt_length: int = opt(256, "longer prompts are cut from the left")
+    num_samples: int = opt(1, "completions per prompt", bounds="[1, inf)")
+    max_new_tokens: int = opt(64, "longest completion", bounds="[1, inf)")
+    temperature: float = opt(1.0, "sampling temperature (0 = greedy)", bounds="[0, inf)")
+    top_k: int = opt(0, "sample among the k most likely tokens (0 = all)", bounds="[0, inf)")
+    top_p: float = opt(1.0, "nucleus sampling mass", bounds="(0, 1]")
+    batch_size: int = opt(32, "prompts per generate call", bounds="[1, inf)")
+    max_prompt_length: int = opt(256, "longer prompts are cut from the left", bounds="[1, inf)")
     seed: int = opt(0, "sampling seed")
     trust_remote_code: bool = opt(False, "allow a hub model's own code to run")
     on_bad_row: str = opt("error", "error or skip", ["error", "skip"])

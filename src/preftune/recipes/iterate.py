@@ -28,16 +28,17 @@ from .reward import run_rm
 @dataclass
 class IterateConfig(DPOConfig):
     reward: str = opt(None, "reward source that labels each round: reward-model folder or module:function")
-    rounds: int = opt(3, "preference rounds")
+    rounds: int = opt(3, "preference rounds", bounds="[1, inf)")
     method: str = opt("dpo", "train each round with dpo, or with a fresh reward model then PPO (rm_ppo)", ["dpo", "rm_ppo"])
-    num_samples: int = opt(4, "completions sampled per prompt each round")
-    max_new_tokens: int = opt(48, "longest completion")
-    temperature: float = opt(1.0, "sampling temperature")
+    num_samples: int = opt(4, "completions sampled per prompt each round", bounds="[2, inf)")
+    max_new_tokens: int = opt(48, "longest completion", bounds="[1, inf)")
+    temperature: float = opt(1.0, "sampling temperature", bounds="[0, inf)")
     top_k: int = opt(0, "top-k sampling (0 = off)")
-    top_p: float = opt(1.0, "nucleus sampling mass")
-    label_temperature: float = opt(0.0, "label noise T of Bradley–Terry sampling (0 = the higher reward wins)")
-    rm_steps: int = opt(100, "reward-model steps per round (rm_ppo)")
-    ppo_steps: int = opt(64, "PPO steps per round (rm_ppo)")
+    top_p: float = opt(1.0, "nucleus sampling mass", bounds="(0, 1]")
+    label_temperature: float = opt(0.0, "label noise T of Bradley–Terry sampling (0 = the higher reward wins)",
+                                   bounds="[0, inf)")
+    rm_steps: int = opt(100, "reward-model steps per round (rm_ppo)", bounds="[1, inf)")
+    ppo_steps: int = opt(64, "PPO steps per round (rm_ppo)", bounds="[1, inf)")
 
 
 def _subset(cls, cfg, **changes):

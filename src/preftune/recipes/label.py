@@ -11,18 +11,19 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import opt
+from ..config import Config, opt
 from ..data import load_rows
 from ..rewards import load_reward_source
 from ..rewards.labels import preference_rows
 
 
 @dataclass
-class LabelConfig:
+class LabelConfig(Config):
     data: str = opt(None, "completions JSONL from `preftune generate` (prompt, completion)")
     reward: str = opt(None, "reward source: reward-model folder or module:function")
     output_dir: str = opt("labels", "folder for pairs.jsonl and rankings.jsonl")
-    temperature: float = opt(0.1, "label noise T: P(y₁ ≻ y₂) = σ((r₁ − r₂)/T); 0 = always the higher reward")
+    temperature: float = opt(0.1, "label noise T: P(y₁ ≻ y₂) = σ((r₁ − r₂)/T); 0 = always the higher reward",
+                              bounds="[0, inf)")
     seed: int = opt(0, "seed of the label sampling")
 
 

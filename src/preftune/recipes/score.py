@@ -5,17 +5,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import opt
+from ..config import Config, opt
 from ..data import BadRows, DataError, detect_kind, load_rows, validate
 from ..rewards import load_reward_source
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(Config):
     reward: str = opt(None, "reward-model folder or module:function")
     data: str = opt(None, "rows with prompt + completion (or prompt + chosen + rejected)")
     output: str = opt("scores.jsonl", "where to write the rows with their reward(s)")
-    batch_size: int = opt(32, "rows per forward pass")
+    batch_size: int = opt(32, "rows per forward pass", bounds="[1, inf)")
     on_bad_row: str = opt("error", "error or skip", ["error", "skip"])
 
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import opt
+from ..config import Config, opt
 from ..data import load_rows
 
 
 @dataclass
-class TinyConfig:
+class TinyConfig(Config):
     data: str = opt(None, "text dataset (a 'text' column) to train the tokenizer on")
     output_dir: str = opt("runs/tiny", "folder for the model and tokenizer")
     vocab_size: int = opt(4096, "BPE vocabulary size")
