@@ -4,37 +4,49 @@ from __future__ import annotations
 import random
 
 from .errors import BadRows, DataError
-from .load import load_rows
+from .load import Row, load_rows
 from .schema import detect_kind, validate
 from .tokenize import Encoder
 
+EVAL_SPLITS = ("test", "validation", "valid", "eval", "dev")
 
-def encode_rows(rows, kind: str, encoder: Encoder, bad: BadRows) -> list[dict]:
+
+def encode_rows(rows: list[Row], kind: str, encoder: Encoder, bad: BadRows, *, margins: bool = False) -> list[dict]:
+    """Validated, tokenised examples of ``rows``. With ``margins``, a margin is all-or-none: when any
+    row has one, a row without one is a bad row (a per-batch fallback would silently drop them all)."""
+    with_margin = sum(r.data.get("margin") is not None for r in rows) if margins else 0
     examples = []
     for row in rows:
         try:
+            if 0 < with_margin < len(rows) and row.data.get("margin") is None:
+                raise row.error("margin", f"missing, while {with_margin} of {len(rows)} rows have one: give every row "
+                                          "a margin or none (or --use_margin false)", "missing_column")
             examples.append(encoder.encode(row, validate(row, kind)))
         except DataError as err:
             bad.handle(err)
     return examples
 
 
-def build_examples(cfg, tokenizer, expect: tuple[str, ...], bad: BadRows):
+def build_examples(cfg, tokenizer, expect: tuple[str, ...], bad: BadRows, *, margins: bool = False):
     """Train and eval examples from ``cfg.data`` (and ``cfg.eval_data`` or ``cfg.eval_fraction``).
 
     Returns (train, eval, kind). Bad rows raise or are recorded in ``bad``; an empty result is an
-    error either way.
+    error either way; eval data read from a training file is refused.
     """
     if not cfg.data:
         raise DataError("--data", None, None, "no training data given", kind="missing_file")
     encoder = Encoder(tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.truncation_side)
     rows = load_rows(cfg.data, split=cfg.split, columns=cfg.columns, bad=bad)
     kind = detect_kind(rows, cfg.data, expect)
-    train = encode_rows(rows, kind, encoder, bad)
+    train = encode_rows(rows, kind, encoder, bad, margins=margins)
     evals = []
     if cfg.eval_data:
-        eval_rows = load_rows(cfg.eval_data, split="test", columns=cfg.columns, bad=bad)
-        evals = encode_rows(eval_rows, detect_kind(eval_rows, cfg.eval_data, (kind,)), encoder, bad)
+        eval_rows = load_rows(cfg.eval_data, split=EVAL_SPLITS, columns=cfg.columns, bad=bad)
+        shared = sorted({r.source for r in eval_rows} & {r.source for r in rows})
+        if shared:
+            raise DataError(cfg.eval_data, None, None, f"--eval_data reads training file(s) of --data: "
+                                                       f"{', '.join(shared)}", kind="invalid")
+        evals = encode_rows(eval_rows, detect_kind(eval_rows, cfg.eval_data, (kind,)), encoder, bad, margins=margins)
     elif cfg.eval_fraction > 0 and len(train) > 1:
         order = list(range(len(train)))
         random.Random(cfg.seed).shuffle(order)

@@ -6,7 +6,7 @@ JSONL is parsed line by line so that a bad line is named by its number (and, wit
 from __future__ import annotations
 
 import json
-import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +113,7 @@ def _read_hub(name: str, split: str) -> list[Row]:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # noqa: BLE001
         raise DataError(name, None, None, f"no such local file, and the hub dataset could not be loaded: {e}") from e
-    return [Row(name, i, dict(r)) for i, r in enumerate(ds, start=1)]
+    return [Row(f"{name}[{split}]", i, dict(r)) for i, r in enumerate(ds, start=1)]
 
 
 def looks_local(source: str) -> bool:
@@ -123,23 +123,47 @@ def looks_local(source: str) -> bool:
             or source.count("/") > 1)
 
 
-def load_rows(source: str, *, split: str = "train", columns: dict | None = None,
+def _names_split(path: Path, folder: Path, split: str) -> bool:
+    """Whether a file is named for ``split``: a word of its path below the folder, e.g.
+    train.jsonl, prefs_train.json, train-00000-of-00002.parquet, train/part-0.jsonl."""
+    words = re.split(r"[-_./]", str(path.relative_to(folder).with_suffix("")).lower())
+    return split.lower() in words
+
+
+def split_files(folder: Path, splits: tuple[str, ...]) -> list[Path]:
+    """The data files of ``folder`` (and its subfolders) named for the first of ``splits`` that names
+    any; a folder with a single data file gives that file; several files named for no split are an
+    error (reading them all would mix, say, test rows into training)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FORMATS)
+    if not files:
+        raise DataError(folder, None, None, f"folder holds no {'/'.join(FORMATS)} file", kind="missing_file")
+    for split in splits:
+        named = [p for p in files if _names_split(p, folder, split)]
+        if named:
+            return named
+    if len(files) == 1:
+        return files
+    listed = ", ".join(str(p.relative_to(folder)) for p in files[:6]) + (" …" if len(files) > 6 else "")
+    raise DataError(folder, None, None, f"{len(files)} data files ({listed}) and none named for the "
+                    f"{' or '.join(repr(s) for s in splits)} split: pass one file with --data/--eval_data, or name "
+                    "the files by split (train.jsonl, test.jsonl)", kind="missing_file")
+
+
+def load_rows(source: str, *, split: str | tuple[str, ...] = "train", columns: dict | None = None,
               bad: BadRows | None = None) -> list[Row]:
-    """Every row of ``source``, with columns renamed by ``columns`` ({theirs: ours})."""
+    """Every row of ``source``, with columns renamed by ``columns`` ({theirs: ours}). A folder gives
+    its files for ``split`` (the first of several names that matches), a hub dataset that split."""
     bad = bad or BadRows("error")
+    splits = (split,) if isinstance(split, str) else tuple(split)
     path = Path(source).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in FORMATS and split in p.stem) \
-            or sorted(p for p in path.iterdir() if p.suffix.lower() in FORMATS)
-        if not files:
-            raise DataError(source, None, None, f"folder holds no {'/'.join(FORMATS)} file")
-        rows = [r for p in files for r in _read_file(p, bad)]
+        rows = [r for p in split_files(path, splits) for r in _read_file(p, bad)]
     elif path.exists():
         rows = _read_file(path, bad)
     elif looks_local(source):
         raise DataError(source, None, None, "file not found", kind="missing_file")
     else:
-        rows = _read_hub(source, split)
+        rows = _read_hub(source, splits[0])
     if columns:
         for r in rows:
             r.data = {columns.get(k, k): v for k, v in r.data.items()}

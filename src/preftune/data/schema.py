@@ -13,6 +13,8 @@ Completions and prompts are strings (standard) or lists of messages (conversatio
 """
 from __future__ import annotations
 
+import math
+
 from .errors import DataError
 from .load import Row
 
@@ -113,9 +115,7 @@ def validate(row: Row, kind: str) -> dict:
             raise row.error("prompt", "mixes plain strings and message lists", "wrong_type")
         out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
         if d.get("margin") is not None:
-            if not isinstance(d["margin"], (int, float)) or isinstance(d["margin"], bool):
-                raise row.error("margin", f"expected a number, got {type(d['margin']).__name__}", "wrong_type")
-            out["margin"] = float(d["margin"])
+            out["margin"] = _finite_number(row, "margin", d["margin"])
         return out
     if kind == "ranking":
         prompt = _text_or_messages(row, "prompt", completion=False)
@@ -141,8 +141,16 @@ def _ranking(row: Row, k: int) -> list[int]:
             raise row.error("ranking", f"expected a permutation of 0..{k - 1} (best → worst)", "wrong_type")
         return list(rank)
     scores = d.get("scores")
-    if not isinstance(scores, list) or len(scores) != k or not all(
-            isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores):
+    if not isinstance(scores, list) or len(scores) != k:
         raise row.error("scores", f"expected {k} numbers (or a 'ranking' column)", "missing_column"
                         if scores is None else "wrong_type")
+    scores = [_finite_number(row, f"scores[{i}]", s) for i, s in enumerate(scores)]
     return sorted(range(k), key=lambda i: -scores[i])
+
+
+def _finite_number(row: Row, field: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise row.error(field, f"expected a number, got {type(value).__name__}", "wrong_type")
+    if not math.isfinite(value):
+        raise row.error(field, f"expected a finite number, got {value}", "not_finite")
+    return float(value)
