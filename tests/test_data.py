@@ -40,7 +40,9 @@ def test_conversational_and_implicit_prompt(tiny_model):
     enc = Encoder(tok, 64, 32).encode(Row("m", 1, {}), ex)
     assert enc["prompt_text"].endswith("<|assistant|>\n")
     assert tok.decode(enc["chosen_ids"], skip_special_tokens=True).strip() == "Hello!"
-    assert enc["chosen_ids"][-1] == tok.eos_token_id
+    # the template's own end of turn ("</s>\n") ends the completion; nothing is appended
+    assert enc["prompt_ids"] + enc["chosen_ids"] == tok.apply_chat_template(chosen, tokenize=True, return_dict=False)
+    assert tok.eos_token_id in enc["chosen_ids"][-2:]
 
 
 def test_ranking_from_scores():
@@ -54,7 +56,7 @@ def test_masking_and_truncation(tiny_model):
     ex = enc.encode(Row("m", 1, {}), {"prompt": "the film was great fun and the cast", "completion": " was superb but slow"})
     assert len(ex["prompt_ids"]) == 5                                   # cut from the left
     full = tok("the film was great fun and the cast", add_special_tokens=False)["input_ids"]
-    assert ex["prompt_ids"] == ([tok.bos_token_id] + full)[-5:]
+    assert ex["prompt_ids"] == [tok.bos_token_id] + full[-4:]             # the leading BOS stays
     assert len(ex["prompt_ids"]) + len(ex["completion_ids"]) == 8       # completion cut to fit
     batch = collate([(ex["prompt_ids"], ex["completion_ids"]), ([1, 5], [6, 2])], tok.pad_token_id)
     assert (batch["labels"][0, :5] == -100).all() and (batch["labels"][0, 5:] != -100).all()

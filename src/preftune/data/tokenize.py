@@ -1,93 +1,134 @@
 """Chat templates, tokenisation with the prompt masked from the loss, truncation, and collation."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .load import Row
 
 # Used for conversational rows when the tokenizer has no chat template of its own:
-# "<|user|>\nHello\n<|assistant|>\nHi!\n".
+# "<|user|>\nHello</s>\n<|assistant|>\nHi!</s>\n" (each turn ends with EOS, so the model learns to stop).
 PLAIN_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token or '' }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 IGNORE = -100
 
 
 def render(tokenizer, prompt, completion=None) -> tuple[str, str | None]:
-    """Prompt and completion as text: strings pass through; message lists go through the chat
-    template, the completion being what the full conversation adds after the generation prompt."""
-    if isinstance(prompt, str) and (completion is None or isinstance(completion, str)):
-        return prompt, completion
+    """Prompt and prompt + completion as text: strings pass through (concatenated); message lists go
+    through the chat template, the prompt with the generation prompt, then the whole conversation."""
+    if isinstance(prompt, str):
+        return prompt, None if completion is None else prompt + completion
     template = tokenizer.chat_template or PLAIN_CHAT_TEMPLATE
     prompt_text = tokenizer.apply_chat_template(prompt, chat_template=template, tokenize=False,
                                                 add_generation_prompt=True)
     if completion is None:
         return prompt_text, None
-    full = tokenizer.apply_chat_template(prompt + completion, chat_template=template, tokenize=False)
-    if not full.startswith(prompt_text):
-        raise ValueError("the chat template does not render the prompt as a prefix of the conversation")
-    return prompt_text, full[len(prompt_text):]
+    return prompt_text, tokenizer.apply_chat_template(prompt + completion, chat_template=template, tokenize=False)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 class Encoder:
-    """Turns rendered text into token ids with the project's truncation policy:
-    the prompt is cut to ``max_prompt_length`` (from the left by default), then the completion is cut
-    so that prompt + completion ≤ ``max_length``; a completion cut away entirely is an error."""
+    """Token ids as the model's own tokenizer and chat template define them, as TRL does:
+
+    * plain text: the prompt is ``tokenizer(prompt)`` (BOS only where the tokenizer adds one) and each
+      sequence ``tokenizer(prompt + completion)`` with EOS appended when it does not end with it;
+    * conversational: the chat template renders the prompt (with the generation prompt) and the whole
+      conversation, tokenised without added special tokens (a template that writes BOS writes it
+      once); the completion ends with the template's own end-of-turn, with nothing appended. A
+      tokenizer without a template gets ``PLAIN_CHAT_TEMPLATE``, tokenised as plain text is (its
+      turns end with EOS);
+
+    The completion is what a sequence adds after the longest prefix that every sequence of the row
+    shares with the prompt (tokens can merge across the boundary). Truncation: the prompt is cut to
+    ``max_prompt_length`` (from the left by default, keeping a leading BOS), then each completion so
+    that prompt + completion ≤ ``max_length``; a completion cut away entirely is an error.
+    ``truncated`` counts the rows and tokens cut."""
 
     def __init__(self, tokenizer, max_length: int, max_prompt_length: int, truncation_side: str = "left"):
         self.tok = tokenizer
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
         self.truncation_side = truncation_side
+        self.truncated = {"prompt_rows": 0, "prompt_tokens": 0, "completion_rows": 0, "completion_tokens": 0}
+        self._warned = False
 
-    def prompt_ids(self, text: str) -> list[int]:
-        ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        bos = self.tok.bos_token_id
-        if bos is not None and (not ids or ids[0] != bos):
-            ids = [bos] + ids
-        if len(ids) > self.max_prompt_length:
-            ids = ids[-self.max_prompt_length:] if self.truncation_side == "left" else ids[:self.max_prompt_length]
+    def _ids(self, text: str, prompt) -> list[int]:
+        """Ids of rendered text; the model's own chat template writes every special token itself."""
+        templated = not isinstance(prompt, str) and self.tok.chat_template is not None
+        return self.tok(text, add_special_tokens=not templated)["input_ids"]
+
+    def _sequence(self, prompt, completion) -> list[int]:
+        ids = self._ids(render(self.tok, prompt, completion)[1], prompt)
+        eos = self.tok.eos_token_id
+        if isinstance(prompt, str) and eos is not None and (not ids or ids[-1] != eos):
+            ids = ids + [eos]
         return ids
 
-    def completion_ids(self, text: str, prompt_len: int) -> list[int]:
-        ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        eos = self.tok.eos_token_id
-        if eos is not None and (not ids or ids[-1] != eos):
-            ids = ids + [eos]
-        return ids[:max(0, self.max_length - prompt_len)]
+    def _cut_prompt(self, ids: list[int]) -> list[int]:
+        limit = self.max_prompt_length
+        if len(ids) <= limit:
+            return ids
+        self.truncated["prompt_rows"] += 1
+        self.truncated["prompt_tokens"] += len(ids) - limit
+        if self.truncation_side == "right":
+            return ids[:limit]
+        keep = 1 if ids[0] == self.tok.bos_token_id and limit > 1 else 0
+        return ids[:keep] + ids[len(ids) - (limit - keep):]
+
+    def encode_parts(self, prompt, completions: list) -> tuple[str, list[int], list[list[int]]]:
+        """(prompt text, prompt ids, completion ids) of one prompt and its completions, truncated."""
+        prompt_text = render(self.tok, prompt)[0]
+        prompt_ids = self._ids(prompt_text, prompt)
+        sequences = [self._sequence(prompt, c) for c in completions]
+        shared = min([common_prefix(prompt_ids, s) for s in sequences], default=len(prompt_ids))
+        if shared < len(prompt_ids) and not self._warned:
+            self._warned = True
+            warnings.warn(f"the tokenised prompt is not a prefix of the tokenised prompt + completion (tokens merge "
+                          f"across the boundary, or the chat template renders the prompt differently); the completion "
+                          f"starts where they diverge, after {shared} of the prompt's {len(prompt_ids)} tokens",
+                          stacklevel=2)
+        prompt_ids = self._cut_prompt(prompt_ids[:shared])
+        room = max(0, self.max_length - len(prompt_ids))
+        cut = []
+        for s in sequences:
+            completion = s[shared:]
+            if len(completion) > room:
+                self.truncated["completion_rows"] += 1
+                self.truncated["completion_tokens"] += len(completion) - room
+            cut.append(completion[:room])
+        return prompt_text, prompt_ids, cut
 
     def encode(self, row: Row, example: dict) -> dict:
         """Token ids of a validated example: prompt_ids plus completion_ids / chosen_ids +
         rejected_ids / completions_ids (+ ranking), or prompt_ids alone for prompt-only rows."""
-        out = {}
+        fields = [f for f in ("completion", "chosen", "rejected") if f in example]
+        texts = [example[f] for f in fields] + list(example.get("completions", []))
+        names = fields + [f"completions[{i}]" for i in range(len(example.get("completions", [])))]
         try:
-            prompt_text, _ = render(self.tok, example["prompt"])
+            prompt_text, prompt_ids, completions = self.encode_parts(example["prompt"], texts)
         except Exception as e:  # noqa: BLE001 - a template error is a row error
             raise row.error("prompt", f"chat template failed: {e}", "invalid") from None
-        out["prompt_ids"] = self.prompt_ids(prompt_text)
-        out["prompt_text"] = prompt_text
-        for field in ("completion", "chosen", "rejected"):
-            if field in example:
-                out[f"{field}_ids"] = self._completion(row, field, example["prompt"], example[field], out)
+        for name, ids in zip(names, completions):
+            if not ids:
+                raise row.error(name, f"the completion would be removed entirely by truncation (prompt has "
+                                      f"{len(prompt_ids)} tokens, max_length={self.max_length})",
+                                "truncated_completion")
+        out = {"prompt_ids": prompt_ids, "prompt_text": prompt_text}
+        out.update({f"{f}_ids": ids for f, ids in zip(fields, completions)})
         if "completions" in example:
-            out["completions_ids"] = [self._completion(row, f"completions[{i}]", example["prompt"], c, out)
-                                      for i, c in enumerate(example["completions"])]
+            out["completions_ids"] = completions[len(fields):]
             out["ranking"] = example["ranking"]
         if "margin" in example:
             out["margin"] = example["margin"]
         return out
-
-    def _completion(self, row: Row, field: str, prompt, completion, out) -> list[int]:
-        try:
-            _, text = render(self.tok, prompt, completion)
-        except Exception as e:  # noqa: BLE001
-            raise row.error(field, f"chat template failed: {e}", "invalid") from None
-        ids = self.completion_ids(text, len(out["prompt_ids"]))
-        if not ids:
-            raise row.error(field, f"the completion would be removed entirely by truncation (prompt has "
-                                   f"{len(out['prompt_ids'])} tokens, max_length={self.max_length})",
-                            "truncated_completion")
-        return ids
 
 
 def collate(sequences: list[tuple[list[int], list[int]]], pad_id: int, *, train_on_prompt: bool = False):

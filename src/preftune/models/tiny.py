@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..data.tokenize import PLAIN_CHAT_TEMPLATE
@@ -17,15 +17,20 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on ``texts`` with <pad>, <s> (bos), </s> (eos) and a chat template."""
+    """Byte-level BPE trained on ``texts`` with <pad>, <s> (bos), </s> (eos) and a chat template; like
+    Llama's tokenizer, it starts every encoded text with BOS."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
+    bos = SPECIAL_TOKENS[1]
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                       special_tokens=[(bos, tok.token_to_id(bos))])
+    # the chat template writes BOS itself, as Llama's do: templated text is tokenised without added specials
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   padding_side="right", chat_template=PLAIN_CHAT_TEMPLATE)
+                                   padding_side="right", chat_template="{{ bos_token }}" + PLAIN_CHAT_TEMPLATE)
 
 
 def tiny_config(vocab_size: int, *, hidden: int = 256, layers: int = 4, heads: int = 4,

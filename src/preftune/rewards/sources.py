@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import Encoder, Row, collate, render
+from ..data import Encoder, collate
 from ..models import RewardScorer, load_reward_model, load_tokenizer
 
 
@@ -31,9 +31,8 @@ class RewardModel:
     def __call__(self, prompts, completions) -> list[float]:
         seqs = []
         for p, c in zip(prompts, completions):
-            prompt_text, completion_text = render(self.tokenizer, p, c)
-            prompt_ids = self.encoder.prompt_ids(prompt_text)
-            seqs.append((prompt_ids, self.encoder.completion_ids(completion_text, len(prompt_ids))))
+            _, prompt_ids, (completion_ids,) = self.encoder.encode_parts(p, [c])
+            seqs.append((prompt_ids, completion_ids))
         out = []
         for i in range(0, len(seqs), self.batch_size):
             batch = collate(seqs[i:i + self.batch_size], self.tokenizer.pad_token_id)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import DPOConfig, PPOConfig, RMConfig, SFTConfig, opt
+from ..config import Config, DPOConfig, PPOConfig, RMConfig, SFTConfig, opt
 from ..recipes.dpo import run_dpo
 from ..recipes.evaluate import evaluate_policies
 from ..recipes.generate import GenerateConfig, run_generate
@@ -42,7 +42,7 @@ REWARD = "preftune.tasks.sentiment:vader_reward"
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Config):
     output_dir: str = opt("runs/demo", "where every stage, the report and the plot go")
     quick: bool = opt(False, "a small version (a few minutes) for tests and a first look")
     seed: int = opt(0, "seed of the corpus, prompts, training and sampling")
@@ -98,7 +98,7 @@ def cache_root(cfg: DemoConfig) -> Path:
 def base_model(cfg: DemoConfig, size: dict, work: Path, stages: Stages) -> Path:
     """The pretrained tiny LM, built once per (size, seed) and cached; the cache entry appears atomically."""
     from ..models.tiny import build_tiny
-    spec = {k: size[k] for k in ("corpus", "vocab", "hidden", "layers", "pretrain_steps")} | {"seed": cfg.seed, "v": 1}
+    spec = {k: size[k] for k in ("corpus", "vocab", "hidden", "layers", "pretrain_steps")} | {"seed": cfg.seed, "v": 2}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     final = cache_root(cfg) / f"sentiment-base-{key}"
     if (final / "config.json").exists():
