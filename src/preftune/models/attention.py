@@ -114,7 +114,10 @@ def every_layer_packed(config) -> bool:
 
 def packing_kwargs(model, batch_index: tuple[Tensor, Tensor] | None) -> dict:
     """Model keyword arguments that route a packed batch through ``packed_attention``; empty for
-    padded batches and for models loaded with another attention implementation."""
-    if batch_index is None or getattr(model.config, "_attn_implementation", None) != ATTENTION:
+    padded batches. A packed batch for a model without that attention is refused: its sequences
+    would attend to each other."""
+    if batch_index is None:
         return {}
+    if getattr(model.config, "_attn_implementation", None) != ATTENTION:
+        raise ValueError(f"a packed batch for a {model.config.model_type} model without packed attention")
     return {INDEX_KWARG: batch_index}

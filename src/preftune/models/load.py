@@ -17,6 +17,27 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False):
     return tok
 
 
+def tokenizer_difference(a, b) -> str | None:
+    """How tokenizer ``b`` reads ids differently from ``a`` (vocabulary, BOS, EOS), or None."""
+    va, vb = a.get_vocab(), b.get_vocab()
+    if va != vb:
+        moved = sum(vb.get(token) != i for token, i in va.items())
+        return f"{len(va)} vs {len(vb)} tokens, {moved} of them with other ids"
+    for attr in ("bos_token_id", "eos_token_id"):
+        if getattr(a, attr) != getattr(b, attr):
+            return f"{attr} {getattr(a, attr)} vs {getattr(b, attr)}"
+    return None
+
+
+def require_same_tokenizer(tokenizer, name: str, option: str, *, trust_remote_code: bool = False) -> None:
+    """Refuse a model whose tokenizer is not the policy's: it would read the policy's token ids as
+    other tokens (or index past its embeddings)."""
+    difference = tokenizer_difference(tokenizer, load_tokenizer(name, trust_remote_code=trust_remote_code))
+    if difference:
+        raise ValueError(f"--{option} {name}: its tokenizer differs from --model's ({difference}); it must read the "
+                         "policy's token ids")
+
+
 def _lora(model, cfg, task_type: str):
     from peft import LoraConfig, get_peft_model
     targets = list(cfg.lora_target_modules) or "all-linear"
@@ -29,14 +50,25 @@ def _bf16(cfg) -> bool:
     return cfg is not None and getattr(cfg, "dtype", "float32") == "bfloat16"
 
 
-PLAIN_ATTENTION = ("llama", "mistral", "qwen2", "qwen3")   # causal softmax attention, no soft-capping or sinks
+# Model types whose attention ``models.attention`` reproduces and whose forward passes its packing
+# index down to it: for these, a packed sequence's log-probs (and reward) equal its own alone
+# (tests/test_architectures.py, one tiny random model per type). Other types (Falcon, BLOOM, MPT,
+# XGLM, GPT-J: their attention mixes packed sequences) and remote code train on padded batches.
+PACKED_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "phi", "phi3", "gpt2", "gpt_neox", "opt"})
 
 
 def _use_packed_attention(model, cfg) -> None:
-    """``models.attention`` (packed batches attend sequence by sequence) for model types whose
-    attention it reproduces; other types, and remote code, keep their own default."""
-    if not (cfg is not None and cfg.trust_remote_code) and model.config.model_type in PLAIN_ATTENTION:
+    """``models.attention`` (packed batches attend sequence by sequence) for the model types above;
+    other types, and remote code, keep their own default."""
+    if not (cfg is not None and cfg.trust_remote_code) and model.config.model_type in PACKED_TYPES:
         model.set_attn_implementation(ATTENTION)
+
+
+def packs_exactly(model) -> bool:
+    """Whether padding-free packed batches are exact for ``model`` (loaded with the packed attention)."""
+    base = getattr(model, "module", model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return getattr(base.config, "_attn_implementation", None) == ATTENTION
 
 
 def _load_dtype(cfg, trainable: bool) -> torch.dtype:
@@ -70,6 +102,20 @@ def load_reward_model(name: str, cfg=None, *, trainable: bool = True, pad_token_
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return _finish(model, cfg, trainable, "SEQ_CLS")
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off everywhere (TRL's ``disable_dropout``, on by default for its preference trainers):
+    DPO's policy log-probs must be comparable with the reference's, PPO's with its rollout's, and a
+    reward model's two sides must see the same network. Covers ``nn.Dropout`` modules and the float
+    rates that attention layers pass to their functions (``attention_dropout``, OPT's ``dropout`` and
+    ``layerdrop``, …)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if isinstance(value, float) and ("dropout" in name or name == "layerdrop"):
+                setattr(module, name, 0.0)
 
 
 def save_model(model, tokenizer, path: Path, *, merge_lora: bool = True) -> None:

@@ -118,9 +118,13 @@ def classifier_outputs(model: nn.Module, input_ids: Tensor, attention_mask: Tens
     return base.score(_classifier_hidden(base, input_ids, attention_mask, position_ids, packed)).squeeze(-1).float()
 
 
-def _llama_style(body: nn.Module) -> bool:
+LLAMA_STYLE = ("llama", "mistral", "qwen2", "qwen3")   # pre-norm attention and MLP blocks, unscaled embeddings
+
+
+def _llama_style(base: nn.Module, body: nn.Module) -> bool:
     parts = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
-    return (all(hasattr(body, name) for name in ("embed_tokens", "rotary_emb", "layers", "norm"))
+    return (base.config.model_type in LLAMA_STYLE
+            and all(hasattr(body, name) for name in ("embed_tokens", "rotary_emb", "layers", "norm"))
             and all(hasattr(body.layers[-1], name) for name in parts))
 
 
@@ -129,11 +133,12 @@ def _last_token_hidden(base: nn.Module, input_ids: Tensor, position_ids: Tensor,
     """Final hidden states (n, H) at the n flat positions ``last_index`` of a packed batch, with the
     last decoder layer's MLP run only there: a reward model reads nothing else, and that MLP holds
     ~¾ of the layer's FLOPs (−17% time for forward + backward on the benchmark model). Layers run
-    as the body's own forward runs them, for Llama-style decoders (pre-norm attention and MLP
-    blocks) under ``models.attention`` with full attention in every layer; None otherwise."""
+    as the body's own forward runs them, for the Llama-style model types (pre-norm attention and
+    MLP blocks, embeddings used as they are) under ``models.attention`` with full attention in
+    every layer; None otherwise."""
     body = getattr(base, base.base_model_prefix)
     extra = packing_kwargs(base, packed)
-    if not extra or not every_layer_packed(base.config) or not _llama_style(body):
+    if not extra or not every_layer_packed(base.config) or not _llama_style(base, body):
         return None
     layers = body.layers
     hidden = body.embed_tokens(input_ids)

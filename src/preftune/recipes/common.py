@@ -9,6 +9,7 @@ import torch
 
 from ..data import BadRows, build_examples
 from ..models import load_tokenizer
+from ..models.load import packs_exactly
 from ..train import RunDir
 from ..train import distributed
 
@@ -51,7 +52,7 @@ def tokenizer_and_data(setup: Setup, expect: tuple[str, ...]):
     cfg = setup.cfg
     tokenizer = load_tokenizer(require_model(cfg), trust_remote_code=cfg.trust_remote_code)
     try:
-        train, evals, kind = build_examples(cfg, tokenizer, expect, setup.bad)
+        train, evals, kind = build_examples(cfg, tokenizer, expect, setup.bad, margins=getattr(cfg, "use_margin", False))
     finally:
         if setup.rank == 0:
             setup.bad.write(setup.run.path)
@@ -65,3 +66,14 @@ def summary_extra(setup: Setup, train, evals, kind: str) -> dict:
 
 def move(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def use_packing(setup: Setup, *models) -> bool:
+    """``--packing`` where it is exact for every model that reads the batches; said once where not."""
+    if not setup.cfg.packing:
+        return False
+    others = sorted({m.config.model_type for m in models if m is not None and not packs_exactly(m)})
+    if others and setup.rank == 0:
+        print(f"packing off: packed sequences would see each other in {', '.join(others)} models "
+              "(attention not separated per sequence); training on padded batches")
+    return not others

@@ -22,9 +22,10 @@ from ..config import SFTConfig
 from ..data import batch_sequences
 from ..losses.preference import LENGTH_NORMALISED, PREFERENCE_LOSSES, REFERENCE_FREE, plackett_luce_loss, preference_loss
 from ..models import CausalLMScorer, lm_inputs, load_causal_lm, per_sequence, save_model
+from ..models.load import disable_dropout, require_same_tokenizer
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import move, start, summary_extra, tokenizer_and_data
+from .common import move, start, summary_extra, tokenizer_and_data, use_packing
 
 
 def completions_of(e: dict) -> list[list[int]]:
@@ -54,7 +55,7 @@ def sequence_logps(scorer, batch) -> tuple[torch.Tensor, torch.Tensor]:
 class Reference:
     """π_ref's summed log-probs (B, K) for a batch, never receiving gradients."""
 
-    def __init__(self, cfg, policy_lm, device):
+    def __init__(self, cfg, policy_lm, tokenizer, device):
         self.model = None
         if cfg.loss in REFERENCE_FREE:
             return
@@ -64,6 +65,8 @@ class Reference:
             self.adapter_off = policy_lm.disable_adapter           # the LoRA policy with adapters off
             self.model = CausalLMScorer(policy_lm)
         else:
+            if cfg.ref_model:
+                require_same_tokenizer(tokenizer, cfg.ref_model, "ref_model", trust_remote_code=cfg.trust_remote_code)
             self.adapter_off = nullcontext
             self.model = CausalLMScorer(load_causal_lm(cfg.ref_model or cfg.model, cfg, trainable=False).to(device))
 
@@ -196,8 +199,9 @@ def run_dpo(cfg) -> dict:
         if ks != {2} and (cfg.loss != "sigmoid" or cfg.ref == "none"):
             raise ValueError("ranking data trains with Plackett–Luce: use --loss sigmoid with a reference")
     model = load_causal_lm(cfg.model, cfg).to(setup.device)
+    disable_dropout(model)
     scorer = CausalLMScorer(model)
-    reference = Reference(cfg, model, setup.device)
+    reference = Reference(cfg, model, tokenizer, setup.device)
     pad = tokenizer.pad_token_id
     if cfg.ref == "precomputed":
         for name, part in (("train", train), ("eval", evals)):
@@ -205,7 +209,8 @@ def run_dpo(cfg) -> dict:
                 precompute(reference, part, pad, cfg.batch_size, setup.device,
                            setup.run.path / f"ref_logps_{name}.safetensors", data_key(cfg, part))
         reference.model = None   # free the reference: its log-probs now travel with the data
-    stream = ExampleStream(train, partial(collate_dpo, pad_id=pad, packing=cfg.packing), cfg.batch_size, cfg.grad_accum,
+    packing = use_packing(setup, model, reference.model.lm if reference.model is not None else None)
+    stream = ExampleStream(train, partial(collate_dpo, pad_id=pad, packing=packing), cfg.batch_size, cfg.grad_accum,
                            seed=cfg.seed, rank=setup.rank, world=setup.world)
     trainer = Trainer(
         cfg, setup.run, scorer, stream, make_step(cfg, reference), lambda b: b["ranking"].shape[0],

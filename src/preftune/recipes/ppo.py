@@ -20,6 +20,7 @@ from ..data import BadRows, build_examples, collate
 from ..data.dataset import encode_rows
 from ..losses.ppo import gae, kl_estimate, masked_mean, policy_loss, value_loss, whiten
 from ..models import CausalLMScorer, load_causal_lm, load_reward_model, save_model
+from ..models.load import disable_dropout, require_same_tokenizer
 from ..models.logprobs import classifier_outputs
 from ..rewards import RewardModel, load_reward_source
 from ..rewards.shaping import KLController, RunningMoments, shape_scores
@@ -221,10 +222,15 @@ def evaluate_policy(rollouts: Rollouts, prompts: list[dict]) -> dict:
             "response_length": float(mask.sum(1).float().mean()), "eos_share": float(ended.float().mean())}
 
 
-def build_critic(cfg, reward_is_model: bool):
+def build_critic(cfg, reward_is_model: bool, tokenizer):
+    """PPO's separate critic, from --value_model, the reward model, or the policy; it reads the policy's
+    token ids, so its tokenizer must be the policy's."""
     if cfg.algo != "ppo" or cfg.critic == "shared":
         return None
     path = cfg.value_model or (cfg.reward if reward_is_model else cfg.model)
+    if path != cfg.model:
+        require_same_tokenizer(tokenizer, path, "value_model" if cfg.value_model else "reward (as the critic)",
+                               trust_remote_code=cfg.trust_remote_code)
     return load_reward_model(path, cfg)
 
 
@@ -237,10 +243,13 @@ def run_ppo(cfg) -> dict:
     tokenizer, train, evals, kind = tokenizer_and_data(setup, ("preference", "ranking", "messages", "sft", "prompt"))
     reward_fn = load_reward_source(cfg.reward, device=setup.device)
     policy = load_causal_lm(cfg.model, cfg)
-    critic = build_critic(cfg, isinstance(reward_fn, RewardModel))
+    critic = build_critic(cfg, isinstance(reward_fn, RewardModel), tokenizer)
     if critic is not None:
         critic.config.pad_token_id = tokenizer.pad_token_id
     model = ActorCritic(policy, critic, shared_head=cfg.algo == "ppo" and cfg.critic == "shared").to(setup.device)
+    disable_dropout(model)
+    if cfg.ref_model:
+        require_same_tokenizer(tokenizer, cfg.ref_model, "ref_model", trust_remote_code=cfg.trust_remote_code)
     ref = CausalLMScorer(load_causal_lm(cfg.ref_model or cfg.model, cfg, trainable=False)).to(setup.device).eval()
     rollouts = Rollouts(cfg, setup, tokenizer, train, model, ref, reward_fn)
     u = rollouts.updates_per_iteration

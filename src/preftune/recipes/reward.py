@@ -13,9 +13,10 @@ import torch
 from ..data import batch_sequences
 from ..losses.reward import best_of_n_loss, centering_loss, pairwise_loss, ranking_loss
 from ..models import RewardScorer, load_reward_model, rm_inputs, save_model
+from ..models.load import disable_dropout
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import move, start, summary_extra, tokenizer_and_data
+from .common import move, start, summary_extra, tokenizer_and_data, use_packing
 
 
 def groups(examples: list[dict]) -> list[dict]:
@@ -94,10 +95,12 @@ def run_rm(cfg) -> dict:
     setup = start(cfg)
     tokenizer, train, evals, kind = tokenizer_and_data(setup, ("ranking", "preference"))
     model = load_reward_model(cfg.model, cfg, pad_token_id=tokenizer.pad_token_id).to(setup.device)
+    disable_dropout(model)
     scorer = RewardScorer(model)
     pad = tokenizer.pad_token_id
     train_items, eval_items = groups(train), groups(evals)
-    stream = ExampleStream(train_items, partial(collate_groups, pad_id=pad, packing=cfg.packing), cfg.batch_size, cfg.grad_accum,
+    stream = ExampleStream(train_items, partial(collate_groups, pad_id=pad, packing=use_packing(setup, model)),
+                           cfg.batch_size, cfg.grad_accum,
                            seed=cfg.seed, rank=setup.rank, world=setup.world)
     trainer = Trainer(
         cfg, setup.run, scorer, stream, make_step(cfg), lambda b: len(b["group_sizes"]),

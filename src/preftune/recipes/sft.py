@@ -14,7 +14,7 @@ from ..data import batch_sequences, collate
 from ..models import CausalLMScorer, lm_inputs, load_causal_lm, save_model
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import move, start, summary_extra, tokenizer_and_data
+from .common import move, start, summary_extra, tokenizer_and_data, use_packing
 
 
 def sft_pairs(examples: list[dict]) -> list[tuple[list[int], list[int]]]:
@@ -52,7 +52,7 @@ def run_sft(cfg) -> dict:
     scorer = CausalLMScorer(model)
     pad = tokenizer.pad_token_id
     train_pairs, eval_pairs = sft_pairs(train), sft_pairs(evals)
-    stream = ExampleStream(train_pairs, partial(batch_sequences, pad_id=pad, packing=cfg.packing,
+    stream = ExampleStream(train_pairs, partial(batch_sequences, pad_id=pad, packing=use_packing(setup, model),
                                                 train_on_prompt=cfg.train_on_prompt),
                            cfg.batch_size, cfg.grad_accum, seed=cfg.seed, rank=setup.rank, world=setup.world)
     trainer = Trainer(

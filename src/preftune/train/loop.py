@@ -183,7 +183,7 @@ class Trainer:
         start_step, start_time = self.step, time.perf_counter()
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=self.rank != 0 or not cfg.progress,
                    dynamic_ncols=True)
-        tokens_done, last, final_eval = 0, None, None
+        tokens_done, last, final_eval, updates = 0, None, None, 0
         while self.step < cfg.max_steps:
             metrics = self.train_step()
             self.step += 1
@@ -195,6 +195,7 @@ class Trainer:
                                         f"(step {self.step}); lower --lr or check the data")
                 continue
             self.bad_in_row = 0
+            updates += 1
             tokens_done += metrics["tokens"]
             elapsed = time.perf_counter() - start_time
             metrics["tokens_per_s"] = tokens_done / max(elapsed, 1e-9)
@@ -210,6 +211,9 @@ class Trainer:
             if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
                 self._save_checkpoint()
         bar.close()
+        if self.step > start_step and updates == 0:
+            raise TrainingError(f"no optimizer update in {self.step - start_step} steps: every loss or gradient was "
+                                "not finite; nothing was saved (lower --lr or check the data)")
         elapsed = time.perf_counter() - start_time
         summary = {"steps": self.step, "steps_this_run": self.step - start_step, "wall_s": round(elapsed, 3),
                    "tokens_per_s": tokens_done / max(elapsed, 1e-9), "skipped_steps": self.bad_total,
