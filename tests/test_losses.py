@@ -182,3 +182,52 @@ def test_unknown_loss_and_missing_reference():
     with pytest.raises(ValueError, match="reference"):
         preference_loss("sigmoid", x, x, None, None)
     preference_loss("simpo", x, x, None, None, chosen_lengths=x * 0 + 3, rejected_lengths=x * 0 + 4)
+
+
+def kto_reference(policy, ref, policy_kl, ref_kl, labels, beta, wd, wu):
+    """KTO (Ethayarajh et al. 2024, eq. 8) element by element in float64: z₀ = max(0, mean(π_KL − ref_KL)),
+    loss λ_D(1 − σ(β(r − z₀))) for desirable, λ_U(1 − σ(β(z₀ − r))) for undesirable, r = π − ref."""
+    z0 = max(0.0, sum(float(a - b) for a, b in zip(policy_kl, ref_kl)) / len(policy_kl))
+    out = []
+    for p, r, good in zip(policy, ref, labels):
+        ratio = float(p - r)
+        out.append(wd * (1 - sig(beta * (ratio - z0))) if good else wu * (1 - sig(beta * (z0 - ratio))))
+    return torch.tensor(out, dtype=torch.float64), z0
+
+
+@pytest.mark.parametrize("beta,wd,wu,shift", [(0.1, 1.0, 1.0, 0.0), (0.5, 1.0, 1.33, 5.0), (2.0, 0.8, 1.2, -5.0)])
+def test_kto_equals_formula(beta, wd, wu, shift):
+    from preftune.losses.preference import kto_loss, kto_reference_point
+    policy, ref, policy_kl = logps(), logps(), logps()
+    ref_kl = policy_kl - shift
+    labels = torch.rand(B) < 0.5
+    z0 = kto_reference_point(policy_kl, ref_kl)
+    losses, rewards = kto_loss(policy, ref, labels, z0, beta=beta, desirable_weight=wd, undesirable_weight=wu)
+    expected, expected_z0 = kto_reference(policy, ref, policy_kl, ref_kl, labels.tolist(), beta, wd, wu)
+    assert float(z0) == pytest.approx(expected_z0, abs=1e-12)
+    assert (float(z0) == 0) == (shift <= 0)           # the KL estimate is clamped at zero
+    torch.testing.assert_close(losses, expected, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(rewards, beta * (policy - ref))
+    # equal policy and reference: every loss is λ·(1 − σ(0)) = λ/2
+    half, _ = kto_loss(ref, ref, labels, torch.tensor(0.0, dtype=torch.float64), beta=beta,
+                       desirable_weight=wd, undesirable_weight=wu)
+    torch.testing.assert_close(half, torch.where(labels, wd, wu).double() / 2)
+
+
+def test_kto_equals_trl_on_fixed_inputs():
+    """TRL 1.16's KTOTrainer loss, KL term and rewards on fixed log-probs (tests/data/trl_1.16_kto.json)."""
+    import json
+    from pathlib import Path
+    from preftune.losses.preference import kto_loss, kto_reference_point
+    cases = json.loads((Path(__file__).parent / "data" / "trl_1.16_kto.json").read_text())["cases"]
+    for case in cases:
+        t = {k: torch.tensor(case[k]) for k in ("policy", "ref", "policy_kl", "ref_kl", "labels")}
+        z0 = kto_reference_point(t["policy_kl"], t["ref_kl"])
+        losses, rewards = kto_loss(t["policy"], t["ref"], t["labels"], z0, beta=case["beta"],
+                                   desirable_weight=case["desirable_weight"],
+                                   undesirable_weight=case["undesirable_weight"])
+        trl = case["trl"]
+        assert float(losses.mean()) == pytest.approx(trl["loss"], rel=1e-6)
+        assert float(z0) == pytest.approx(trl["kl"], rel=1e-6, abs=1e-7)
+        assert float(rewards[t["labels"]].mean()) == pytest.approx(trl["rewards/chosen"], rel=1e-5)
+        assert float(rewards[~t["labels"]].mean()) == pytest.approx(trl["rewards/rejected"], rel=1e-5)

@@ -170,3 +170,13 @@ def test_dropout_is_disabled_for_preference_training():
         a, b = model(input_ids=ids).logits, model(input_ids=ids).logits
         torch.testing.assert_close(a, b, atol=0, rtol=0)
         torch.testing.assert_close(a, model.eval()(input_ids=ids).logits, atol=1e-6, rtol=1e-6)
+
+
+def test_epochs_instead_of_max_steps(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": " b"}] * 10)
+    args = ["sft", "--model", tiny_model, "--data", data, "--batch_size", "2", "--grad_accum", "2", "--progress", "false"]
+    assert main([*args, "--output_dir", str(tmp_path / "a"), "--epochs", "1.5"]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["epochs"] == pytest.approx(1.6)     # ⌈1.5 · 10 / 4⌉ = 4 steps
+    code, err = run(capsys, *args, "--output_dir", str(tmp_path / "b"), "--epochs", "1", "--max_steps", "3")
+    assert code == 2 and "give --max_steps or --epochs, not both" in err

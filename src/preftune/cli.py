@@ -11,11 +11,12 @@ from .config import add_arguments, build_config
 def _commands() -> dict:
     """name -> (config class, runner, one-line help). Imported here, not at module level, so that
     ``import preftune.cli`` stays free of torch and transformers."""
-    from .config import DPOConfig, PPOConfig, RMConfig, SFTConfig
+    from .config import DPOConfig, KTOConfig, PPOConfig, RMConfig, SFTConfig
     from .recipes.dpo import run_dpo
     from .recipes.evaluate import EvalConfig, run_eval
     from .recipes.generate import GenerateConfig, run_generate
     from .recipes.iterate import IterateConfig, run_iterate
+    from .recipes.kto import run_kto
     from .recipes.label import LabelConfig, run_label
     from .recipes.ppo import run_ppo
     from .recipes.reward import run_rm
@@ -27,6 +28,7 @@ def _commands() -> dict:
         "sft": (SFTConfig, run_sft, "supervised fine-tuning on demonstrations (prompt tokens masked)"),
         "rm": (RMConfig, run_rm, "train a reward model: Bradley–Terry pairs, K-wise rankings or best-of-n"),
         "dpo": (DPOConfig, run_dpo, "DPO and its family (IPO, SimPO, cDPO, DPO-Positive, RSO hinge, ORPO, ...)"),
+        "kto": (KTOConfig, run_kto, "KTO on unpaired rows (prompt, completion, label: desirable or not)"),
         "ppo": (PPOConfig, run_ppo, "online RLHF: PPO with a critic and per-token KL penalty, or RLOO / GRPO"),
         "score": (ScoreConfig, run_score, "rewards for (prompt, completion) rows from a reward model or callable"),
         "iterate": (IterateConfig, run_iterate, "iterated preference rounds: sample, label with a reward, DPO (or RM + PPO), repeat"),

@@ -140,7 +140,8 @@ class ModelConfig(Config):
 @dataclass
 class TrainConfig(DataConfig, ModelConfig):
     output_dir: str = opt("runs/run", "folder for config, metrics, checkpoints and final/")
-    max_steps: int = opt(100, "optimizer steps", bounds=AT_LEAST_ONE)
+    max_steps: int = opt(None, "optimizer steps (100 when --epochs is not given either)", bounds=AT_LEAST_ONE)
+    epochs: float = opt(None, "passes over the training data, instead of --max_steps", bounds=POSITIVE)
     batch_size: int = opt(8, "examples per micro-batch per process", bounds=AT_LEAST_ONE)
     grad_accum: int = opt(1, "micro-batches per optimizer step", bounds=AT_LEAST_ONE)
     lr: float = opt(5e-5, "peak learning rate (AdamW)", bounds=POSITIVE)
@@ -162,12 +163,19 @@ class TrainConfig(DataConfig, ModelConfig):
                               "padding; used only for architectures where it is exact, others train padded")
     progress: bool = opt(True, "show a progress bar")
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError("give --max_steps or --epochs, not both")
+
 
 @dataclass
 class SFTConfig(TrainConfig):
     sft_on_chosen: bool = opt(False, "with a preference dataset: learn its chosen completions "
                                      "(π_ref = argmax likelihood of y_w)")
     train_on_prompt: bool = opt(False, "count prompt tokens in the loss")
+    desirable_only: bool = opt(False, "with unpaired rows (prompt, completion, label): learn the label: true rows only "
+                                      "(without it, such data is refused)")
     lr: float = opt(1e-4, "peak learning rate (AdamW)", bounds=POSITIVE)
 
 
@@ -200,6 +208,19 @@ class DPOConfig(TrainConfig):
     sft_on_chosen: bool = opt(False, "first fit π_ref by maximum likelihood on the chosen completions, then run DPO "
                                      "from it")
     sft_steps: int = opt(100, "steps of that SFT phase", bounds=AT_LEAST_ONE)
+    lr: float = opt(5e-5, "peak learning rate (AdamW)", bounds=POSITIVE)
+
+
+@dataclass
+class KTOConfig(TrainConfig):
+    beta: float = opt(0.1, "β: strength of the implicit KL constraint", bounds=POSITIVE)
+    desirable_weight: float = opt(1.0, "λ_D, weight of desirable rows' losses", bounds=POSITIVE)
+    undesirable_weight: float = opt(1.0, "λ_U, weight of undesirable rows' losses (the paper advises "
+                                         "λ_D·n_D / (λ_U·n_U) in [1, 4/3])", bounds=POSITIVE)
+    ref_model: str = opt(None, "folder or hub name of π_ref (default: --model; with LoRA, the policy with adapters "
+                               "off); its tokenizer must be the policy's")
+    batch_size: int = opt(8, "rows per micro-batch per process (≥ 2: the KL estimate pairs each prompt with another "
+                             "row's completion)", bounds="[2, inf)")
     lr: float = opt(5e-5, "peak learning rate (AdamW)", bounds=POSITIVE)
 
 

@@ -1,18 +1,29 @@
-"""Read rows from local JSONL / JSON / Parquet / CSV files, folders of them, or hub datasets.
+"""Read rows from local JSONL / JSON (either gzipped) / Parquet / CSV files, folders of them, or hub
+datasets.
 
 JSONL is parsed line by line so that a bad line is named by its number (and, with
-``on_bad_row=skip``, kept whole); the other formats go through ``datasets``.
+``on_bad_row=skip``, kept whole); Parquet and CSV go through ``datasets``. A leading UTF-8 byte-order
+mark is accepted.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BadRows, DataError
 
-FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+FORMATS = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv")
+BOM = b"\xef\xbb\xbf"
+
+
+def data_format(path: Path) -> str | None:
+    """The FORMATS entry a file name ends with, or None."""
+    name = path.name.lower()
+    return next((f for f in sorted(FORMATS, key=len, reverse=True) if name.endswith(f)), None)
 
 
 @dataclass
@@ -28,10 +39,16 @@ class Row:
                          row_label=self.label)
 
 
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
 def _read_jsonl(path: Path, bad: BadRows) -> list[Row]:
     rows = []
-    with open(path, "rb") as f:
+    with _open(path) as f:
         for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -55,8 +72,10 @@ def _read_jsonl(path: Path, bad: BadRows) -> list[Row]:
 
 
 def _read_json(path: Path, bad: BadRows) -> list[Row]:
+    with _open(path) as f:
+        raw = f.read()
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(path, None, None, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
     try:
@@ -89,22 +108,26 @@ def _read_with_datasets(path: Path, fmt: str) -> list[Row]:
                 raise DataError(path, number, None, f"not valid UTF-8 ({e.reason} at byte {e.start})",
                                 kind="invalid_utf8") from None
     try:
-        ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+        ds = datasets.load_dataset(fmt, data_files=str(path), split="train",
+                                   **({"encoding": "utf-8-sig"} if fmt == "csv" else {}))
     except Exception as e:  # noqa: BLE001 - the library's message is what the user needs
         raise DataError(path, None, None, f"could not read as {fmt}: {e}") from e
     return [Row(str(path), i, dict(r)) for i, r in enumerate(ds, start=1)]
 
 
 def _read_file(path: Path, bad: BadRows) -> list[Row]:
-    suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise DataError(path, None, None,
-                        f"unknown format {suffix or '(no extension)'!r}; use one of {', '.join(FORMATS)}")
-    if suffix == ".jsonl":
-        return _read_jsonl(path, bad)
-    if suffix == ".json":
-        return _read_json(path, bad)
-    return _read_with_datasets(path, FORMATS[suffix])
+    fmt = data_format(path)
+    if fmt is None:
+        suffix = "".join(path.suffixes[-2:]) or "(no extension)"
+        raise DataError(path, None, None, f"unknown format {suffix!r}; use one of {', '.join(FORMATS)}")
+    try:
+        if fmt.startswith(".jsonl"):
+            return _read_jsonl(path, bad)
+        if fmt.startswith(".json"):
+            return _read_json(path, bad)
+    except (OSError, EOFError, zlib.error) as e:   # a truncated or corrupt gzip stream
+        raise DataError(path, None, None, f"could not read: {e}") from None
+    return _read_with_datasets(path, fmt[1:])
 
 
 def _read_hub(name: str, split: str) -> list[Row]:
@@ -119,14 +142,14 @@ def _read_hub(name: str, split: str) -> list[Row]:
 def looks_local(source: str) -> bool:
     """A name with a file extension we read, a leading / . ~, or more than one / is a path, never a
     hub name ("org/name")."""
-    return (Path(source).suffix.lower() in FORMATS or source.startswith(("/", ".", "~"))
+    return (data_format(Path(source)) is not None or source.startswith(("/", ".", "~"))
             or source.count("/") > 1)
 
 
 def _names_split(path: Path, folder: Path, split: str) -> bool:
     """Whether a file is named for ``split``: a word of its path below the folder, e.g.
     train.jsonl, prefs_train.json, train-00000-of-00002.parquet, train/part-0.jsonl."""
-    words = re.split(r"[-_./]", str(path.relative_to(folder).with_suffix("")).lower())
+    words = re.split(r"[-_./]", str(path.relative_to(folder)).lower())
     return split.lower() in words
 
 
@@ -134,7 +157,7 @@ def split_files(folder: Path, splits: tuple[str, ...]) -> list[Path]:
     """The data files of ``folder`` (and its subfolders) named for the first of ``splits`` that names
     any; a folder with a single data file gives that file; several files named for no split are an
     error (reading them all would mix, say, test rows into training)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FORMATS)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and data_format(p))
     if not files:
         raise DataError(folder, None, None, f"folder holds no {'/'.join(FORMATS)} file", kind="missing_file")
     for split in splits:

@@ -5,11 +5,17 @@
 | text        | text                                                           |
 | sft         | prompt + completion                                            |
 | messages    | messages (list of {role, content}; the last turn is the answer) |
-| preference  | prompt + chosen + rejected (or chosen/rejected conversations sharing a prefix) |
+| preference  | prompt + chosen + rejected; or chosen + rejected sharing their prompt as a prefix |
 | ranking     | prompt + completions (K ≥ 2) + ranking (best → worst) or scores |
+| unpaired    | prompt + completion + label (true = desirable; KTO)            |
 | prompt      | prompt                                                         |
 
-Completions and prompts are strings (standard) or lists of messages (conversational).
+Completions and prompts are strings (standard) or lists of messages (conversational). A prompt
+string beside full conversations (UltraFeedback) becomes the conversation minus its last turn, and
+must agree with that conversation's last user turn; beside completion-only message lists it becomes
+one user turn. Without a prompt column, chosen and rejected give their shared prefix: the shared
+leading turns of conversations, or for plain transcripts (HH-RLHF) the shared text up to its last
+assistant marker ("\n\nAssistant:"), else the whole shared prefix (as TRL's extract_prompt).
 """
 from __future__ import annotations
 
@@ -19,25 +25,38 @@ from .errors import DataError
 from .load import Row
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
-KIND_COLUMNS = {
+KIND_COLUMNS = {   # most specific first
     "ranking": ("prompt", "completions"),
     "preference": ("chosen", "rejected"),
     "messages": ("messages",),
+    "unpaired": ("prompt", "completion", "label"),
     "sft": ("prompt", "completion"),
     "text": ("text",),
     "prompt": ("prompt",),
 }
+KIND_HINTS = {
+    "unpaired": "unpaired preference rows: they train with `preftune kto`, or `preftune sft --desirable_only` on "
+                "their label: true rows",
+    "preference": "preference pairs: they train with `preftune dpo`, `kto` or `rm`, or `preftune sft --sft_on_chosen` "
+                  "on their chosen completions",
+    "ranking": "rankings: they train with `preftune rm` or `preftune dpo` (Plackett–Luce)",
+}
+ASSISTANT_MARKERS = ("\n\nAssistant:", "<|im_start|>assistant\n", "<|assistant|>\n", "[/INST]", "### Response:")
 
 
 def detect_kind(rows: list[Row], source: str, expect: tuple[str, ...]) -> str:
-    """The first kind (most specific first) whose columns the rows carry; must be in ``expect``."""
+    """The most specific kind whose columns the rows carry; it must be one of ``expect``."""
     columns = set()
     for r in rows:
         columns.update(r.data)
-    for kind, needed in KIND_COLUMNS.items():
-        if all(c in columns for c in needed) and kind in expect:
-            return kind
     wanted = " or ".join("+".join(KIND_COLUMNS[k]) for k in expect)
+    for kind, needed in KIND_COLUMNS.items():
+        if all(c in columns for c in needed):
+            if kind in expect:
+                return kind
+            if kind in KIND_HINTS:
+                raise DataError(source, None, None, f"these rows ({', '.join(needed)}) are {KIND_HINTS[kind]}; "
+                                                    f"this command needs {wanted}", kind="wrong_kind")
     raise DataError(source, None, ", ".join(sorted(columns)) or None,
                     f"missing required column(s): this command needs {wanted}; "
                     "map other names with --columns '{theirs: ours}'", kind="missing_column")
@@ -74,17 +93,57 @@ def _text_or_messages(row: Row, field: str, *, completion: bool):
     raise row.error(field, f"expected a string or a list of messages, got {type(value).__name__}", "wrong_type")
 
 
-def _split_shared_prefix(row: Row, chosen, rejected):
-    """Implicit prompt: chosen and rejected are whole conversations sharing their first turns."""
+def _shared_prefix(a, b) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _implicit_prompt(row: Row, chosen, rejected):
+    """No prompt column: the prompt chosen and rejected share as a prefix (see the module docstring)."""
     if isinstance(chosen, list) and isinstance(rejected, list):
-        n = 0
-        while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
-            n += 1
+        n = min(_shared_prefix(chosen, rejected), len(chosen) - 1, len(rejected) - 1)
         if n == 0:
             raise row.error("prompt", "no prompt column, and chosen/rejected share no leading turns", "missing_column")
         return chosen[:n], chosen[n:], rejected[n:]
-    raise row.error("prompt", "missing required field (an implicit prompt needs conversational chosen/rejected)",
-                    "missing_column")
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        n = _shared_prefix(chosen, rejected)
+        shared = chosen[:n]
+        ends = [shared.rfind(m) + len(m) for m in ASSISTANT_MARKERS if m in shared]
+        if ends:
+            n = max(ends)
+        elif 0 < n < min(len(chosen), len(rejected)) and chosen[n - 1] == " ":
+            n -= 1   # the space starts the completion
+        if n == 0:
+            raise row.error("prompt", "no prompt column, and chosen/rejected share no prefix", "missing_column")
+        return chosen[:n], chosen[n:], rejected[n:]
+    raise row.error("chosen", "mixes plain strings and message lists", "wrong_type")
+
+
+def _align(row: Row, prompt, completions: dict):
+    """Prompt and completions both strings or both message lists: a prompt string beside full
+    conversations becomes their shared turns before the last (checked against the string), beside
+    completion-only message lists one user turn."""
+    kinds = {isinstance(c, str) for c in completions.values()}
+    if len(kinds) > 1:
+        raise row.error(next(iter(completions)), "mixes plain strings and message lists", "wrong_type")
+    if isinstance(prompt, str) == kinds.pop():
+        return prompt, completions
+    if not isinstance(prompt, str):
+        raise row.error("prompt", "a conversation prompt needs conversational completions, not plain strings",
+                        "wrong_type")
+    if all(len(c) == 1 for c in completions.values()):
+        return [{"role": "user", "content": prompt}], completions
+    turns = {field: c[:-1] for field, c in completions.items()}
+    first_field, shared = next(iter(turns.items()))
+    for field, t in turns.items():
+        if t != shared:
+            raise row.error(field, f"differs from {first_field} before its last turn", "invalid")
+    users = [m["content"] for m in shared if m["role"] == "user"]
+    if not users or users[-1].strip() != prompt.strip():
+        raise row.error("prompt", "does not agree with the conversation's last user turn", "invalid")
+    return shared, {field: c[-1:] for field, c in completions.items()}
 
 
 def validate(row: Row, kind: str) -> dict:
@@ -94,9 +153,16 @@ def validate(row: Row, kind: str) -> dict:
         return {"prompt": "", "completion": _text_or_messages(row, "text", completion=True)}
     if kind == "prompt":
         return {"prompt": _text_or_messages(row, "prompt", completion=False)}
-    if kind == "sft":
-        return {"prompt": _text_or_messages(row, "prompt", completion=False),
-                "completion": _text_or_messages(row, "completion", completion=True)}
+    if kind in ("sft", "unpaired"):
+        prompt, out = _align(row, _text_or_messages(row, "prompt", completion=False),
+                             {"completion": _text_or_messages(row, "completion", completion=True)})
+        out["prompt"] = prompt
+        if kind == "unpaired":
+            label = d.get("label")
+            if label not in (True, False, 0, 1) or isinstance(label, float):
+                raise row.error("label", f"expected true or false, got {label!r}", "wrong_type")
+            out["label"] = bool(label)
+        return out
     if kind == "messages":
         msgs = _messages(row, "messages", d.get("messages"))
         if msgs[-1]["role"] != "assistant":
@@ -108,12 +174,14 @@ def validate(row: Row, kind: str) -> dict:
         chosen = _text_or_messages(row, "chosen", completion=True)
         rejected = _text_or_messages(row, "rejected", completion=True)
         if d.get("prompt") is None:
-            prompt, chosen, rejected = _split_shared_prefix(row, chosen, rejected)
+            prompt, chosen, rejected = _implicit_prompt(row, chosen, rejected)
+            for field, value in (("chosen", chosen), ("rejected", rejected)):
+                if not (value.strip() if isinstance(value, str) else value):
+                    raise row.error(field, "empty completion after the shared prompt", "empty_completion")
         else:
             prompt = _text_or_messages(row, "prompt", completion=False)
-        if isinstance(prompt, str) != isinstance(chosen, str) or isinstance(chosen, str) != isinstance(rejected, str):
-            raise row.error("prompt", "mixes plain strings and message lists", "wrong_type")
-        out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        prompt, sides = _align(row, prompt, {"chosen": chosen, "rejected": rejected})
+        out = {"prompt": prompt, **sides}
         if d.get("margin") is not None:
             out["margin"] = _finite_number(row, "margin", d["margin"])
         return out
@@ -129,7 +197,8 @@ def validate(row: Row, kind: str) -> dict:
                 completions.append(_text_or_messages(sub, "c", completion=True))
             except DataError as e:
                 raise row.error(f"completions[{i}]", e.reason, e.kind) from None
-        return {"prompt": prompt, "completions": completions, "ranking": _ranking(row, len(completions))}
+        prompt, aligned = _align(row, prompt, {f"completions[{i}]": c for i, c in enumerate(completions)})
+        return {"prompt": prompt, "completions": list(aligned.values()), "ranking": _ranking(row, len(completions))}
     raise ValueError(f"unknown dataset kind {kind!r}")
 
 

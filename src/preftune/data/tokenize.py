@@ -89,7 +89,9 @@ class Encoder:
         prompt_ids = self._ids(prompt_text, prompt)
         sequences = [self._sequence(prompt, c) for c in completions]
         shared = min([common_prefix(prompt_ids, s) for s in sequences], default=len(prompt_ids))
-        if shared < len(prompt_ids) and not self._warned:
+        # (an encoder's tokenizer ends the prompt alone with its [SEP]: special tokens there are no divergence)
+        merged = set(prompt_ids[shared:]) - set(self.tok.all_special_ids)
+        if merged and not self._warned:
             self._warned = True
             warnings.warn(f"the tokenised prompt is not a prefix of the tokenised prompt + completion (tokens merge "
                           f"across the boundary, or the chat template renders the prompt differently); the completion "
@@ -126,8 +128,9 @@ class Encoder:
         if "completions" in example:
             out["completions_ids"] = completions[len(fields):]
             out["ranking"] = example["ranking"]
-        if "margin" in example:
-            out["margin"] = example["margin"]
+        for key in ("margin", "label"):
+            if key in example:
+                out[key] = example[key]
         return out
 
 

@@ -155,3 +155,26 @@ def plackett_luce_loss(policy_logps: Tensor, ref_logps: Tensor, ranking: Tensor,
     # log Σ_{j≥k} exp s_j: a reversed cumulative logsumexp.
     tail_lse = torch.logcumsumexp(ordered.flip(1), dim=1).flip(1)
     return -(ordered - tail_lse)[:, :-1].sum(1)
+
+
+def kto_reference_point(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:
+    """KTO's reference point z₀ = max(0, mean_i [π(y'_i | x_i) − π_ref(y'_i | x_i)]), a detached estimate of
+    KL(π‖π_ref) from mismatched pairs (x_i, y'_i) of the batch, each prompt with another row's
+    completion (Ethayarajh et al. 2024, §4.1; TRL's KTOTrainer). Inputs (B,) summed log-probs; a scalar."""
+    return (policy_kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
+
+
+def kto_loss(policy_logps: Tensor, ref_logps: Tensor, desirable: Tensor, reference_point: Tensor, *,
+             beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0):
+    """KTO (Ethayarajh et al. 2024, eq. 8) on unpaired completions. With r = π − ref (summed log-probs)
+    and the reference point z₀ (``kto_reference_point``), an example's loss is
+        λ_D · (1 − σ(β(r − z₀)))   if desirable,
+        λ_U · (1 − σ(β(z₀ − r)))   if undesirable,
+    i.e. λ_y − v(x, y) of the paper. policy_logps, ref_logps (B,), desirable (B,) bool.
+    Returns (losses (B,), rewards β·r (B,), detached)."""
+    logratio = policy_logps - ref_logps
+    desirable = desirable.bool()
+    value = torch.where(desirable, torch.sigmoid(beta * (logratio - reference_point)),
+                        torch.sigmoid(beta * (reference_point - logratio)))
+    weight = torch.where(desirable, torch.full_like(value, desirable_weight), torch.full_like(value, undesirable_weight))
+    return weight * (1 - value), (beta * logratio).detach()

@@ -152,9 +152,16 @@ def _last_token_hidden(base: nn.Module, input_ids: Tensor, position_ids: Tensor,
     return body.norm(hidden + last.mlp(last.post_attention_layernorm(hidden)))
 
 
+def has_score_head(model: nn.Module) -> bool:
+    """Decoder sequence classifiers (transformers' ``*ForSequenceClassification`` of Llama, GPT-2, OPT,
+    …) put a ``score`` head on the last token's hidden state; encoders (BERT, RoBERTa, DeBERTa) pool
+    their own way into a ``classifier``."""
+    return isinstance(getattr(_unwrapped(model), "score", None), nn.Module)
+
+
 class RewardScorer(nn.Module):
-    """forward(input_ids, attention_mask) → (N,) scalar rewards read at each row's last real token,
-    whichever side the padding is on."""
+    """forward(input_ids, attention_mask) → (N,) scalar rewards: a decoder's read at each row's last
+    real token, whichever side the padding is on; an encoder's from its own pooling and head."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -165,6 +172,10 @@ class RewardScorer(nn.Module):
         """Padded batch: (input_ids, attention_mask). Packed batch (``data.pack``): attention_mask
         None, position_ids, last_index (flat index of each sequence's last token) and packed."""
         base = _unwrapped(self.model)
+        if not has_score_head(base):   # an encoder classifier: its own pooling ([CLS]) and head
+            if attention_mask is None:
+                raise ValueError(f"a packed batch for a {base.config.model_type} classifier (bidirectional attention)")
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
         if attention_mask is not None:
             hidden = _classifier_hidden(base, input_ids, attention_mask, None, None)
             last = hidden[torch.arange(len(hidden), device=hidden.device), last_token_index(attention_mask)]
@@ -188,6 +199,13 @@ def rm_inputs(batch: dict) -> dict:
         return {"input_ids": batch["input_ids"], "attention_mask": None, "position_ids": batch["position_ids"],
                 "last_index": batch["last_index"], "packed": (batch["gather"], batch["scatter"])}
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def sequence_logps(scorer: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
+    """Summed completion log-probs and completion lengths of each sequence of a padded or packed
+    batch: two (N,) tensors, in input order."""
+    logps, mask = scorer(**lm_inputs(batch))
+    return per_sequence(logps, batch), per_sequence(mask.to(logps.dtype), batch)
 
 
 def per_sequence(token_values: Tensor, batch: dict) -> Tensor:

@@ -59,6 +59,12 @@ def tokenizer_and_data(setup: Setup, expect: tuple[str, ...]):
     return tokenizer, train, evals, kind
 
 
+def steps_per_epoch(setup: Setup, n_train: int) -> float:
+    """Optimizer steps in one pass over ``n_train`` examples (for ``--epochs``)."""
+    cfg = setup.cfg
+    return n_train / (cfg.batch_size * cfg.grad_accum * setup.world)
+
+
 def summary_extra(setup: Setup, train, evals, kind: str) -> dict:
     return {"dataset_kind": kind, "train_examples": len(train), "eval_examples": len(evals),
             "world_size": setup.world, **setup.bad.summary()}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -20,12 +19,14 @@ from safetensors.torch import load_file, save_file
 
 from ..config import SFTConfig
 from ..data import batch_sequences
-from ..losses.preference import LENGTH_NORMALISED, PREFERENCE_LOSSES, REFERENCE_FREE, plackett_luce_loss, preference_loss
-from ..models import CausalLMScorer, lm_inputs, load_causal_lm, per_sequence, save_model
-from ..models.load import disable_dropout, require_same_tokenizer
+from ..losses.preference import LENGTH_NORMALISED, REFERENCE_FREE, plackett_luce_loss, preference_loss
+from ..models import CausalLMScorer, load_causal_lm, save_model
+from ..models.load import disable_dropout
+from ..models.logprobs import sequence_logps
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import move, start, summary_extra, tokenizer_and_data, use_packing
+from .common import move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .reference import Reference
 
 
 def completions_of(e: dict) -> list[list[int]]:
@@ -45,39 +46,9 @@ def collate_dpo(examples: list[dict], pad_id: int, packing: bool = False) -> dic
     return batch
 
 
-def sequence_logps(scorer, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs and completion lengths, shaped (B, K)."""
-    logps, mask = scorer(**lm_inputs(batch))
-    b = batch["ranking"].shape[0]
-    return per_sequence(logps, batch).view(-1, b).T, per_sequence(mask.to(logps.dtype), batch).view(-1, b).T
-
-
-class Reference:
-    """π_ref's summed log-probs (B, K) for a batch, never receiving gradients."""
-
-    def __init__(self, cfg, policy_lm, tokenizer, device):
-        self.model = None
-        if cfg.loss in REFERENCE_FREE:
-            return
-        if cfg.ref == "none":
-            raise ValueError(f"--ref none works only with a reference-free loss ({', '.join(sorted(REFERENCE_FREE))})")
-        if cfg.lora_r > 0 and not cfg.ref_model:
-            self.adapter_off = policy_lm.disable_adapter           # the LoRA policy with adapters off
-            self.model = CausalLMScorer(policy_lm)
-        else:
-            if cfg.ref_model:
-                require_same_tokenizer(tokenizer, cfg.ref_model, "ref_model", trust_remote_code=cfg.trust_remote_code)
-            self.adapter_off = nullcontext
-            self.model = CausalLMScorer(load_causal_lm(cfg.ref_model or cfg.model, cfg, trainable=False).to(device))
-
-    @torch.no_grad()
-    def __call__(self, batch) -> torch.Tensor:
-        with self.adapter_off():
-            was_training = self.model.training
-            self.model.eval()
-            out = sequence_logps(self.model, batch)[0]
-            self.model.train(was_training)
-        return out
+def grouped(values: torch.Tensor, batch: dict) -> torch.Tensor:
+    """(B·K,) per-sequence values of a ``collate_dpo`` batch as (B, K)."""
+    return values.view(-1, batch["ranking"].shape[0]).T
 
 
 def precompute(reference: Reference, examples: list[dict], pad_id: int, batch_size: int, device,
@@ -92,7 +63,8 @@ def precompute(reference: Reference, examples: list[dict], pad_id: int, batch_si
             return
     values = []
     for i in range(0, len(examples), batch_size):
-        values.append(reference(move(collate_dpo(examples[i:i + batch_size], pad_id), device)).float().cpu())
+        batch = move(collate_dpo(examples[i:i + batch_size], pad_id), device)
+        values.append(grouped(reference(batch), batch).float().cpu())
     table = torch.cat(values)
     for e, lp in zip(examples, table):
         e["ref_logps"] = lp
@@ -136,15 +108,15 @@ def nll_coef(cfg) -> float:
     return cfg.nll_coef if cfg.nll_coef is not None else (1.0 if cfg.loss == "orpo" else 0.0)
 
 
-def make_step(cfg, reference: Reference):
+def make_step(cfg, reference: Reference | None):
     coef = nll_coef(cfg)
 
     def step(model, batch):
-        policy, lengths = sequence_logps(model, batch)
+        policy, lengths = (grouped(x, batch) for x in sequence_logps(model, batch))
         if "ref_logps" in batch:
             ref = batch["ref_logps"]
         else:
-            ref = None if reference.model is None else reference(batch)
+            ref = None if reference is None else grouped(reference(batch), batch)
         ranking = batch["ranking"]
         losses, chosen_r, rejected_r = dpo_losses(cfg, policy, lengths, ref, ranking)
         loss = losses.sum()
@@ -178,7 +150,7 @@ def sft_reference_first(cfg) -> str:
     fields = {f.name for f in dataclasses.fields(SFTConfig)}
     sft_cfg = SFTConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in fields})
     sft_cfg.output_dir = str(Path(cfg.output_dir) / "sft")
-    sft_cfg.max_steps, sft_cfg.sft_on_chosen, sft_cfg.lr = cfg.sft_steps, True, SFTConfig.lr
+    sft_cfg.max_steps, sft_cfg.epochs, sft_cfg.sft_on_chosen, sft_cfg.lr = cfg.sft_steps, None, True, SFTConfig.lr
     sft_cfg.save_steps, sft_cfg.lora_r = 0, 0
     if not (Path(sft_cfg.output_dir) / "final" / "config.json").exists():
         run_sft(sft_cfg)
@@ -186,8 +158,8 @@ def sft_reference_first(cfg) -> str:
 
 
 def run_dpo(cfg) -> dict:
-    if cfg.loss not in PREFERENCE_LOSSES:
-        raise ValueError(f"--loss must be one of {sorted(PREFERENCE_LOSSES)}, got {cfg.loss!r}")
+    if cfg.ref == "none" and cfg.loss not in REFERENCE_FREE:
+        raise ValueError(f"--ref none works only with a reference-free loss ({', '.join(sorted(REFERENCE_FREE))})")
     if cfg.sft_on_chosen:
         cfg = dataclasses.replace(cfg, model=sft_reference_first(cfg), sft_on_chosen=False)
     setup = start(cfg)
@@ -201,21 +173,21 @@ def run_dpo(cfg) -> dict:
     model = load_causal_lm(cfg.model, cfg).to(setup.device)
     disable_dropout(model)
     scorer = CausalLMScorer(model)
-    reference = Reference(cfg, model, tokenizer, setup.device)
+    reference = None if cfg.loss in REFERENCE_FREE else Reference(cfg, model, tokenizer, setup.device)
     pad = tokenizer.pad_token_id
-    if cfg.ref == "precomputed":
+    if cfg.ref == "precomputed" and reference is not None:
         for name, part in (("train", train), ("eval", evals)):
             if part:
                 precompute(reference, part, pad, cfg.batch_size, setup.device,
                            setup.run.path / f"ref_logps_{name}.safetensors", data_key(cfg, part))
-        reference.model = None   # free the reference: its log-probs now travel with the data
-    packing = use_packing(setup, model, reference.model.lm if reference.model is not None else None)
+        reference = None   # free the reference: its log-probs now travel with the data
+    packing = use_packing(setup, model, reference.lm if reference is not None else None)
     stream = ExampleStream(train, partial(collate_dpo, pad_id=pad, packing=packing), cfg.batch_size, cfg.grad_accum,
                            seed=cfg.seed, rank=setup.rank, world=setup.world)
     trainer = Trainer(
         cfg, setup.run, scorer, stream, make_step(cfg, reference), lambda b: b["ranking"].shape[0],
         evaluate=(lambda: evaluate_dpo(cfg, scorer, reference, evals, pad, setup.device)) if evals else None,
         save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
-        rank=setup.rank, world=setup.world, device=setup.device,
+        rank=setup.rank, world=setup.world, device=setup.device, steps_per_epoch=steps_per_epoch(setup, len(train)),
         summary_extra={**summary_extra(setup, train, evals, kind), "loss": cfg.loss, "beta": cfg.beta, "ref": cfg.ref})
     return trainer.fit()

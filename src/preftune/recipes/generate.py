@@ -32,7 +32,7 @@ class GenerateConfig(Config):
 def prompt_examples(tokenizer, source: str, max_prompt_length: int, bad: BadRows) -> list[dict]:
     """Prompt ids and rendered prompt text of each row of ``source`` (any kind with prompts)."""
     rows = load_rows(source, bad=bad)
-    kind = detect_kind(rows, source, ("preference", "ranking", "messages", "sft", "prompt"))
+    kind = detect_kind(rows, source, ("preference", "ranking", "messages", "unpaired", "sft", "prompt"))
     encoder = Encoder(tokenizer, max_prompt_length + 1, max_prompt_length)
     out = []
     for row in rows:

@@ -72,9 +72,9 @@ def run_iterate(cfg: IterateConfig) -> list[dict]:
             all_pairs += [json.loads(x) for x in (rd / "pairs.jsonl").read_text().splitlines()]
             write_jsonl(rd / "all_pairs.jsonl", all_pairs)
             run_rm(_subset(RMConfig, cfg, data=str(rd / "all_pairs.jsonl"), output_dir=str(rd / "rm"),
-                           max_steps=cfg.rm_steps, resume=False))
+                           max_steps=cfg.rm_steps, epochs=None, resume=False))
             run_ppo(_subset(PPOConfig, cfg, model=policy, ref_model=cfg.model, reward=str(rd / "rm" / "final"),
-                            output_dir=str(rd / "ppo"), max_steps=cfg.ppo_steps, max_new_tokens=cfg.max_new_tokens,
+                            output_dir=str(rd / "ppo"), max_steps=cfg.ppo_steps, epochs=None, max_new_tokens=cfg.max_new_tokens,
                             resume=False))
             policy = str(rd / "ppo" / "final")
     history.append({"round": cfg.rounds, "policy": policy})

@@ -16,12 +16,11 @@ import time
 import torch
 from torch import nn
 
-from ..data import BadRows, build_examples, collate
-from ..data.dataset import encode_rows
+from ..data import build_examples, collate
 from ..losses.ppo import gae, kl_estimate, masked_mean, policy_loss, value_loss, whiten
 from ..models import CausalLMScorer, load_causal_lm, load_reward_model, save_model
 from ..models.load import disable_dropout, require_same_tokenizer
-from ..models.logprobs import classifier_outputs
+from ..models.logprobs import classifier_outputs, has_score_head
 from ..rewards import RewardModel, load_reward_source
 from ..rewards.shaping import KLController, RunningMoments, shape_scores
 from ..rollout import generate
@@ -228,10 +227,14 @@ def build_critic(cfg, reward_is_model: bool, tokenizer):
     if cfg.algo != "ppo" or cfg.critic == "shared":
         return None
     path = cfg.value_model or (cfg.reward if reward_is_model else cfg.model)
+    option = "value_model" if cfg.value_model else "reward"
     if path != cfg.model:
-        require_same_tokenizer(tokenizer, path, "value_model" if cfg.value_model else "reward (as the critic)",
-                               trust_remote_code=cfg.trust_remote_code)
-    return load_reward_model(path, cfg)
+        require_same_tokenizer(tokenizer, path, option, trust_remote_code=cfg.trust_remote_code)
+    critic = load_reward_model(path, cfg)
+    if not has_score_head(critic):
+        raise ValueError(f"--{option} {path}: an encoder classifier cannot be PPO's critic (it needs a value at every "
+                         "token of a causal model); pass a decoder with --value_model, or --critic shared")
+    return critic
 
 
 def run_ppo(cfg) -> dict:
@@ -240,7 +243,7 @@ def run_ppo(cfg) -> dict:
     if cfg.algo in ("rloo", "grpo") and cfg.num_samples < 2:
         raise ValueError(f"--algo {cfg.algo} needs --num_samples ≥ 2 (a group per prompt)")
     setup = start(cfg)
-    tokenizer, train, evals, kind = tokenizer_and_data(setup, ("preference", "ranking", "messages", "sft", "prompt"))
+    tokenizer, train, evals, kind = tokenizer_and_data(setup, ("preference", "ranking", "messages", "unpaired", "sft", "prompt"))
     reward_fn = load_reward_source(cfg.reward, device=setup.device)
     policy = load_causal_lm(cfg.model, cfg)
     critic = build_critic(cfg, isinstance(reward_fn, RewardModel), tokenizer)
@@ -253,11 +256,11 @@ def run_ppo(cfg) -> dict:
     ref = CausalLMScorer(load_causal_lm(cfg.ref_model or cfg.model, cfg, trainable=False)).to(setup.device).eval()
     rollouts = Rollouts(cfg, setup, tokenizer, train, model, ref, reward_fn)
     u = rollouts.updates_per_iteration
-    if cfg.max_steps % u or (cfg.save_steps and cfg.save_steps % u):
-        cfg.max_steps = math.ceil(cfg.max_steps / u) * u
-        cfg.save_steps = math.ceil(cfg.save_steps / u) * u if cfg.save_steps else 0
+    if (cfg.max_steps or 0) % u or cfg.save_steps % u:
+        cfg.save_steps = math.ceil(cfg.save_steps / u) * u
         if setup.rank == 0:
-            print(f"ppo: {u} updates per iteration; max_steps → {cfg.max_steps}, save_steps → {cfg.save_steps}")
+            print(f"ppo: {u} updates per iteration; the run and --save_steps ({cfg.save_steps}) end on whole "
+                  "iterations")
     if cfg.ptx_coef and not cfg.ptx_data:
         raise ValueError("--ptx_coef needs --ptx_data (a text dataset)")
     ptx = PtxStream(cfg, tokenizer, setup.bad) if cfg.ptx_coef else None
@@ -268,6 +271,7 @@ def run_ppo(cfg) -> dict:
         evaluate=(lambda: evaluate_policy(rollouts, eval_prompts)) if eval_prompts else None,
         save_final=lambda: save_model(policy, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
         rank=setup.rank, world=setup.world, device=setup.device,
+        steps_per_epoch=len(train) / (cfg.rollout_batch_size * setup.world) * u, step_multiple=u,
         summary_extra={**summary_extra(setup, train, evals, kind), "algo": cfg.algo, "updates_per_iteration": u},
         state=(rollouts.state, rollouts.load_state))
     return trainer.fit()

@@ -22,7 +22,7 @@ class ScoreConfig(Config):
 def run_score(cfg: ScoreConfig) -> None:
     bad = BadRows(cfg.on_bad_row)
     rows = load_rows(cfg.data, bad=bad)
-    kind = detect_kind(rows, cfg.data, ("preference", "sft"))
+    kind = detect_kind(rows, cfg.data, ("preference", "unpaired", "sft"))
     examples = []
     for row in rows:
         try:

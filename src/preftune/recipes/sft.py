@@ -10,11 +10,11 @@ from functools import partial
 
 import torch
 
-from ..data import batch_sequences, collate
+from ..data import DataError, batch_sequences, collate
 from ..models import CausalLMScorer, lm_inputs, load_causal_lm, save_model
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import move, start, summary_extra, tokenizer_and_data, use_packing
+from .common import move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
 
 
 def sft_pairs(examples: list[dict]) -> list[tuple[list[int], list[int]]]:
@@ -46,8 +46,18 @@ def evaluate_nll(scorer, pairs, pad_id, batch_size, device) -> dict:
 
 def run_sft(cfg) -> dict:
     setup = start(cfg)
-    expect = ("messages", "sft", "text") + (("preference",) if cfg.sft_on_chosen else ())
+    expect = ("messages", "sft", "text", "unpaired") + (("preference",) if cfg.sft_on_chosen else ())
     tokenizer, train, evals, kind = tokenizer_and_data(setup, expect)
+    extra = {}
+    if kind == "unpaired":
+        if not cfg.desirable_only:
+            raise DataError(cfg.data, None, "label", "unpaired rows: sft would learn the undesirable (label: false) "
+                                                     "completions too; pass --desirable_only true to learn the "
+                                                     "desirable ones, or train with preftune kto", kind="wrong_kind")
+        extra["undesirable_rows_left_out"] = sum(not e["label"] for e in train + evals)
+        train, evals = [e for e in train if e["label"]], [e for e in evals if e["label"]]
+        if not train:
+            raise DataError(cfg.data, None, "label", "no desirable (label: true) rows", kind="empty_dataset")
     model = load_causal_lm(cfg.model, cfg).to(setup.device)
     scorer = CausalLMScorer(model)
     pad = tokenizer.pad_token_id
@@ -59,6 +69,6 @@ def run_sft(cfg) -> dict:
         cfg, setup.run, scorer, stream, sft_step, count_tokens,
         evaluate=(lambda: evaluate_nll(scorer, eval_pairs, pad, cfg.batch_size, setup.device)) if eval_pairs else None,
         save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
-        rank=setup.rank, world=setup.world, device=setup.device,
-        summary_extra=summary_extra(setup, train, evals, kind))
+        rank=setup.rank, world=setup.world, device=setup.device, steps_per_epoch=steps_per_epoch(setup, len(train_pairs)),
+        summary_extra={**summary_extra(setup, train, evals, kind), **extra})
     return trainer.fit()

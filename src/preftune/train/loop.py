@@ -88,9 +88,18 @@ class Trainer:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     summary_extra: dict = field(default_factory=dict)
     state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None   # recipe state kept in checkpoints
+    steps_per_epoch: float | None = None          # optimizer steps in one pass over the training data (--epochs)
+    step_multiple: int = 1                        # the run's length is rounded up to a multiple of this
 
     def __post_init__(self):
         cfg = self.cfg
+        if cfg.max_steps is not None:
+            steps = cfg.max_steps
+        elif cfg.epochs is not None:
+            steps = math.ceil(cfg.epochs * self.steps_per_epoch - 1e-9)
+        else:
+            steps = 100
+        self.max_steps = max(1, math.ceil(steps / self.step_multiple)) * self.step_multiple
         # bfloat16: parameters become bf16 copies before DDP builds its buckets, and the optimizer
         # steps their float32 masters
         self.master = MasterWeights(self.model) if cfg.dtype == "bfloat16" else None
@@ -101,7 +110,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                            weight_decay=cfg.weight_decay, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_schedule(cfg.lr_scheduler, cfg.warmup_steps, cfg.max_steps))
+            self.optimizer, lr_schedule(cfg.lr_scheduler, cfg.warmup_steps, self.max_steps))
         self.step = 0
         self.bad_in_row = 0
         self.bad_total = 0
@@ -181,10 +190,10 @@ class Trainer:
         if cfg.resume:
             self._resume()
         start_step, start_time = self.step, time.perf_counter()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=self.rank != 0 or not cfg.progress,
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=self.rank != 0 or not cfg.progress,
                    dynamic_ncols=True)
         tokens_done, last, final_eval, updates = 0, None, None, 0
-        while self.step < cfg.max_steps:
+        while self.step < self.max_steps:
             metrics = self.train_step()
             self.step += 1
             if metrics is None:
@@ -201,21 +210,23 @@ class Trainer:
             metrics["tokens_per_s"] = tokens_done / max(elapsed, 1e-9)
             metrics["elapsed_s"] = elapsed
             last = metrics
-            if self.evaluate and (cfg.eval_steps and self.step % cfg.eval_steps == 0 or self.step == cfg.max_steps):
+            if self.evaluate and (cfg.eval_steps and self.step % cfg.eval_steps == 0 or self.step == self.max_steps):
                 final_eval = self.evaluate()
                 metrics.update({f"eval/{k}": v for k, v in final_eval.items()})
-            if self.step % cfg.log_steps == 0 or self.step == cfg.max_steps:
+            if self.step % cfg.log_steps == 0 or self.step == self.max_steps:
                 self.run.log(self.step, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
             bar.update(1)
-            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < cfg.max_steps:
+            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < self.max_steps:
                 self._save_checkpoint()
         bar.close()
         if self.step > start_step and updates == 0:
             raise TrainingError(f"no optimizer update in {self.step - start_step} steps: every loss or gradient was "
                                 "not finite; nothing was saved (lower --lr or check the data)")
         elapsed = time.perf_counter() - start_time
-        summary = {"steps": self.step, "steps_this_run": self.step - start_step, "wall_s": round(elapsed, 3),
+        epochs = self.step / self.steps_per_epoch if self.steps_per_epoch else None
+        summary = {"steps": self.step, "epochs": epochs, "steps_this_run": self.step - start_step,
+                   "wall_s": round(elapsed, 3),
                    "tokens_per_s": tokens_done / max(elapsed, 1e-9), "skipped_steps": self.bad_total,
                    "final_train": last, **self.summary_extra}
         if self.evaluate:

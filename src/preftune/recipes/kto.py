@@ -1,0 +1,123 @@
+"""KTO (Ethayarajh et al. 2024): π_θ trained from unpaired completions, each labelled desirable or
+undesirable, against a frozen π_ref — no pairs needed.
+
+Each micro-batch of B rows is also scored with every prompt paired to another row's completion
+(the completions rotated by one, y'_i = y_{i−1}, as TRL does): those mismatched pairs estimate the
+reference point z₀ = KL(π‖π_ref) under no gradient. Preference pairs are accepted too and unpaired
+(chosen → desirable, rejected → undesirable), as TRL's ``unpair_preference_dataset`` does.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.distributed as dist
+
+from ..data import batch_sequences
+from ..losses.preference import kto_loss, kto_reference_point
+from ..models import CausalLMScorer, load_causal_lm, save_model
+from ..models.load import disable_dropout
+from ..models.logprobs import sequence_logps
+from ..train import Trainer
+from ..train.loop import ExampleStream
+from .common import move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .reference import Reference
+
+
+def unpaired(examples: list[dict]) -> list[dict]:
+    """Unpaired rows as they are; a preference pair becomes a desirable and an undesirable row."""
+    out = []
+    for e in examples:
+        if "label" in e:
+            out.append({"prompt_ids": e["prompt_ids"], "completion_ids": e["completion_ids"], "label": e["label"]})
+        else:
+            out += [{"prompt_ids": e["prompt_ids"], "completion_ids": e["chosen_ids"], "label": True},
+                    {"prompt_ids": e["prompt_ids"], "completion_ids": e["rejected_ids"], "label": False}]
+    return out
+
+
+def collate_kto(examples: list[dict], pad_id: int, max_length: int, packing: bool = False) -> dict:
+    """The rows' (prompt, completion) sequences, their labels, and under ``kl`` the mismatched
+    sequences (prompt_i, completion_{i−1}), completions cut to fit ``max_length``."""
+    matched = [(e["prompt_ids"], e["completion_ids"]) for e in examples]
+    mismatched = [(e["prompt_ids"], examples[i - 1]["completion_ids"][:max(1, max_length - len(e["prompt_ids"]))])
+                  for i, e in enumerate(examples)]
+    batch = batch_sequences(matched, pad_id, packing=packing)
+    batch["label"] = torch.tensor([e["label"] for e in examples])
+    batch["kl"] = batch_sequences(mismatched, pad_id, packing=packing)
+    return batch
+
+
+def _mean(values: torch.Tensor) -> float:
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def make_step(cfg, reference: Reference):
+    def step(model, batch):
+        kl_batch = move(batch["kl"], batch["input_ids"].device)
+        policy, _ = sequence_logps(model, batch)
+        with torch.no_grad():
+            policy_kl = sequence_logps(model, kl_batch)[0]
+        ref, ref_kl = reference(batch), reference(kl_batch)
+        z0 = kto_reference_point(policy_kl, ref_kl)
+        if dist.is_initialized():   # one reference point for the global batch, as TRL gathers it
+            dist.all_reduce(z0)
+            z0 = z0 / dist.get_world_size()
+        label = batch["label"]
+        losses, rewards = kto_loss(policy, ref, label, z0, beta=cfg.beta, desirable_weight=cfg.desirable_weight,
+                                   undesirable_weight=cfg.undesirable_weight)
+        chosen, rejected = rewards[label], rewards[~label]
+        return losses.sum(), {
+            "kl": float(z0), "rewards/chosen": _mean(chosen), "rewards/rejected": _mean(rejected),
+            "rewards/margins": _mean(chosen) - _mean(rejected), "logps/chosen": _mean(policy.detach()[label]),
+            "logps/rejected": _mean(policy.detach()[~label])}
+    return step
+
+
+@torch.no_grad()
+def evaluate_kto(cfg, scorer, reference, examples, collate, device) -> dict:
+    scorer.eval()
+    step = make_step(cfg, reference)
+    sums, n = {}, 0
+    for i in range(0, len(examples), cfg.batch_size):
+        part = examples[i:i + cfg.batch_size]
+        if len(part) < 2:
+            break
+        loss, metrics = step(scorer, move(collate(part), device))
+        for k, v in {"loss": float(loss) / len(part), **metrics}.items():
+            sums[k] = sums.get(k, 0.0) + v * len(part)
+        n += len(part)
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def run_kto(cfg) -> dict:
+    setup = start(cfg)
+    tokenizer, train, evals, kind = tokenizer_and_data(setup, ("unpaired", "preference"))
+    train, evals = unpaired(train), unpaired(evals)
+    desirable = sum(e["label"] for e in train)
+    if not 0 < desirable < len(train):
+        raise ValueError(f"{cfg.data}: KTO needs desirable and undesirable rows; found {desirable} of {len(train)} "
+                         "desirable")
+    ratio = cfg.desirable_weight * desirable / (cfg.undesirable_weight * (len(train) - desirable))
+    if not 1 <= ratio <= 4 / 3 and setup.rank == 0:
+        print(f"kto: λ_D·n_D / (λ_U·n_U) = {ratio:.2f}; the KTO paper advises [1, 4/3] "
+              "(set --desirable_weight or --undesirable_weight)")
+    model = load_causal_lm(cfg.model, cfg).to(setup.device)
+    disable_dropout(model)
+    scorer = CausalLMScorer(model)
+    reference = Reference(cfg, model, tokenizer, setup.device)
+    pad = tokenizer.pad_token_id
+    collate = partial(collate_kto, pad_id=pad, max_length=cfg.max_length,
+                      packing=use_packing(setup, model, reference.lm))
+    stream = ExampleStream(train, collate, cfg.batch_size, cfg.grad_accum, seed=cfg.seed, rank=setup.rank,
+                           world=setup.world)
+    trainer = Trainer(
+        cfg, setup.run, scorer, stream, make_step(cfg, reference), lambda b: len(b["label"]),
+        evaluate=(lambda: evaluate_kto(cfg, scorer, reference, evals, partial(collate_kto, pad_id=pad,
+                                                                               max_length=cfg.max_length),
+                                       setup.device)) if evals else None,
+        save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
+        rank=setup.rank, world=setup.world, device=setup.device, steps_per_epoch=steps_per_epoch(setup, len(train)),
+        summary_extra={**summary_extra(setup, train, evals, kind), "desirable_examples": desirable,
+                       "undesirable_examples": len(train) - desirable, "beta": cfg.beta})
+    return trainer.fit()
