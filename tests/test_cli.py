@@ -55,3 +55,49 @@ def test_folder_of_files_is_one_dataset(tmp_path):
 def test_console_script_and_module_entry_points():
     out = subprocess.run([sys.executable, "-m", "preftune", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "demo" in out.stdout and "dpo" in out.stdout
+
+
+def test_trl_style_keys_get_ours_suggested(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["dpo", "--learning_rate", "1e-5", "--per_device_train_batch_size", "4"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "4 (did you mean --lr?) (did you mean --batch_size?)" in err
+    path = tmp_path / "trl.yaml"
+    path.write_text("num_train_epochs: 2\ngradient_accumulation_steps: 4\nbf16: true\nbetaa: 0.2\n")
+    assert main(["dpo", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    for hint in ("num_train_epochs (did you mean --epochs?)", "gradient_accumulation_steps (did you mean --grad_accum?)",
+                 "bf16 (did you mean --dtype bfloat16?)", "betaa (did you mean --beta?)"):
+        assert hint in err
+
+
+def test_every_error_is_one_line_unless_debug(tmp_path, monkeypatch, capsys):
+    import preftune.cli as cli
+    real = cli._commands
+
+    def broken():
+        commands = real()
+        cls, _, text = commands["sft"]
+        commands["sft"] = (cls, lambda cfg: {}["no such key"], text)
+        return commands
+
+    monkeypatch.setattr(cli, "_commands", broken)
+    assert main(["sft", "--model", "m"]) == 2
+    err = capsys.readouterr().err
+    assert err == "preftune sft: error: KeyError: 'no such key' (run with --debug for the traceback)\n"
+    with pytest.raises(KeyError):
+        main(["sft", "--model", "m", "--debug"])
+
+
+def test_truncation_is_counted_and_a_long_prompt_limit_clamped(tiny_model, tmp_path, capsys):
+    import json
+    rows = [{"prompt": "the film " * 30, "completion": " was great fun and the cast was superb."}] * 3 + \
+        [{"prompt": "the film", "completion": " was great."}]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "run"
+    assert main(["sft", "--model", tiny_model, "--data", data, "--output_dir", str(out), "--max_steps", "1",
+                 "--max_length", "40", "--progress", "false"]) == 0
+    assert "--max_prompt_length 256 ≥ --max_length 40: prompts are cut to 20 tokens" in capsys.readouterr().out
+    truncated = json.loads((out / "summary.json").read_text())["truncated"]
+    assert truncated["prompt_rows"] == 3 and truncated["prompt_tokens"] > 3 * 20
+    assert truncated["completion_rows"] == 0

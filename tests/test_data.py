@@ -64,6 +64,13 @@ def test_masking_and_truncation(tiny_model):
     assert batch["attention_mask"][1].tolist() == [1] * 4 + [0] * 4
 
 
+def test_a_completion_truncated_away_is_a_bad_row(tiny_model):
+    """Only reachable when the prompt limit leaves no room (the commands clamp it to max_length / 2)."""
+    tok = load_tokenizer(tiny_model)
+    with pytest.raises(DataError, match="field 'chosen': the completion would be removed entirely by truncation"):
+        Encoder(tok, 8, 8).encode(Row("m", 3, {}), {"prompt": "the film " * 10, "chosen": " great.", "rejected": " b."})
+
+
 def test_column_mapping(tmp_path):
     path = write_jsonl(tmp_path / "se.jsonl", [{"question": "q", "response_j": "good", "response_k": "bad"}])
     rows = load_rows(path, columns={"question": "prompt", "response_j": "chosen", "response_k": "rejected"})
@@ -90,8 +97,6 @@ BAD_ROWS = {
     "empty_completion": ({"prompt": "the film", "chosen": "  ", "rejected": " bad."}, "chosen", "empty_completion"),
     "unknown_role": ({"prompt": [{"role": "narrator", "content": "x"}], "chosen": [{"role": "assistant", "content": "y"}],
                       "rejected": [{"role": "assistant", "content": "z"}]}, "prompt[0].role", "unknown_role"),
-    "truncated_completion": ({"prompt": "the film " * 40, "chosen": " great.", "rejected": " bad."}, "chosen",
-                             "truncated_completion"),
 }
 
 

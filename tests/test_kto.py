@@ -4,7 +4,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from conftest import WORDS, write_jsonl
 from preftune.cli import main

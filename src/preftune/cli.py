@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from .config import add_arguments, build_config
+from .config import add_arguments, build_config, did_you_mean
 
 
 def _commands() -> dict:
@@ -40,27 +40,56 @@ def _commands() -> dict:
     }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, with a hint for TRL-style or misspelt flags."""
+
+    def error(self, message: str):
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            names = [a.dest for a in self._actions]
+            hint = "".join(did_you_mean(flag, names) for flag in message.split(":", 1)[1].split() if flag[:2] == "--")
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="preftune", description="Tune language models on preferences.")
+    parser = _Parser(prog="preftune", description="Tune language models on preferences.")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = {}
     for name, (cls, _, help_text) in _commands().items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = parser.commands[name] = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p, cls)
+        p.add_argument("--debug", action="store_true", help="on an error, show its full traceback")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a user error ends in one line, ``preftune <command>: error: …``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:   # named by the command's own parser, which knows its flags
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     cls, runner, _ = _commands()[args.command]
+    debug = vars(args).pop("debug", False)
     from .data import DataError
     from .train import TrainingError
+    from .train.run import release_all
     try:
-        cfg = build_config(cls, args)
-        runner(cfg)
-    except (DataError, TrainingError, ValueError, FileNotFoundError, OSError) as e:
-        print(f"preftune {args.command}: error: {e}", file=sys.stderr)
+        runner(build_config(cls, args))
+    except KeyboardInterrupt:
+        print(f"preftune {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every failure ends in one line unless --debug
+        if debug:
+            raise
+        expected = isinstance(e, (DataError, TrainingError, ValueError, OSError))
+        message = " | ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        prefix = "" if expected else f"{type(e).__name__}: "
+        suffix = "" if expected else " (run with --debug for the traceback)"
+        print(f"preftune {args.command}: error: {prefix}{message}{suffix}", file=sys.stderr)
         return 2
+    finally:
+        release_all()
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import typing
@@ -155,7 +156,8 @@ class TrainConfig(DataConfig, ModelConfig):
     eval_steps: int = opt(0, "evaluate every N steps (0 = only at the end)", bounds=NON_NEGATIVE)
     save_steps: int = opt(0, "checkpoint every N steps (0 = no intermediate checkpoints)", bounds=NON_NEGATIVE)
     keep_checkpoints: int = opt(2, "keep the last K checkpoints", bounds=AT_LEAST_ONE)
-    resume: bool = opt(False, "continue from the latest checkpoint in --output_dir")
+    resume: bool = opt(False, "continue the run in --output_dir from its latest checkpoint (same data and settings)")
+    overwrite: bool = opt(False, "replace the run in --output_dir (its metrics, checkpoints, final/ and summary)")
     max_bad_steps: int = opt(5, "abort after this many non-finite losses in a row (each is skipped)",
                              bounds=AT_LEAST_ONE)
     threads: int = opt(0, "torch CPU threads (0 = torch's default)", bounds=NON_NEGATIVE)
@@ -167,6 +169,8 @@ class TrainConfig(DataConfig, ModelConfig):
         super().__post_init__()
         if self.max_steps is not None and self.epochs is not None:
             raise ValueError("give --max_steps or --epochs, not both")
+        if self.resume and self.overwrite:
+            raise ValueError("give --resume or --overwrite, not both")
 
 
 @dataclass
@@ -281,6 +285,25 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
                             help=f"{meta.get('help', '')} (default: {json.dumps(default)}{limits})", **extra)
 
 
+# TRL / transformers TrainingArguments names users bring, and ours
+TRL_NAMES = {"learning_rate": "lr", "per_device_train_batch_size": "batch_size", "per_device_eval_batch_size":
+             "batch_size", "num_train_epochs": "epochs", "gradient_accumulation_steps": "grad_accum",
+             "bf16": "dtype bfloat16", "fp16": "dtype bfloat16", "logging_steps": "log_steps", "lr_scheduler_type":
+             "lr_scheduler", "save_total_limit": "keep_checkpoints", "model_name_or_path": "model", "dataset_name":
+             "data", "loss_type": "loss", "resume_from_checkpoint": "resume", "warmup_ratio": "warmup_steps",
+             "dataset_train_split": "split", "use_peft": "lora_r", "max_completion_length": "max_length",
+             "dataset_num_proc": "threads", "ref_model_name_or_path": "ref_model"}
+
+
+def did_you_mean(key: str, names) -> str:
+    """" (did you mean --lr?)" for a TRL-style or misspelt key, else ""."""
+    key = key.lstrip("-").split("=")[0]
+    ours = TRL_NAMES.get(key)
+    if ours is None or ours.split()[0] not in names:
+        ours = next(iter(difflib.get_close_matches(key, names, n=1, cutoff=0.75)), None)
+    return f" (did you mean --{ours}?)" if ours else ""
+
+
 def build_config(cls, args: argparse.Namespace | dict):
     """YAML file (``args.config``) then explicit flags, over the dataclass defaults."""
     given = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
@@ -294,11 +317,12 @@ def build_config(cls, args: argparse.Namespace | dict):
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of config keys")
         values.update(loaded)
-    values.update({k: v for k, v in given.items() if k != "command"})
+    values.update({k: v for k, v in given.items() if k not in ("command", "debug")})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}")
+        raise ValueError(f"unknown config key(s) for {cls.__name__}: "
+                         f"{', '.join(k + did_you_mean(k, names) for k in unknown)}")
     return cls(**values)
 
 

@@ -27,11 +27,13 @@ def encode_rows(rows: list[Row], kind: str, encoder: Encoder, bad: BadRows, *, m
     return examples
 
 
-def build_examples(cfg, tokenizer, expect: tuple[str, ...], bad: BadRows, *, margins: bool = False):
+def build_examples(cfg, tokenizer, expect: tuple[str, ...], bad: BadRows, *, margins: bool = False,
+                   truncated: dict | None = None):
     """Train and eval examples from ``cfg.data`` (and ``cfg.eval_data`` or ``cfg.eval_fraction``).
 
     Returns (train, eval, kind). Bad rows raise or are recorded in ``bad``; an empty result is an
-    error either way; eval data read from a training file is refused.
+    error either way; eval data read from a training file is refused. ``truncated`` receives the
+    counts of rows and tokens cut (``Encoder.truncated``).
     """
     if not cfg.data:
         raise DataError("--data", None, None, "no training data given", kind="missing_file")
@@ -53,6 +55,8 @@ def build_examples(cfg, tokenizer, expect: tuple[str, ...], bad: BadRows, *, mar
         n_eval = max(1, int(round(cfg.eval_fraction * len(train))))
         evals = [train[i] for i in sorted(order[:n_eval])]
         train = [train[i] for i in sorted(order[n_eval:])]
+    if truncated is not None:
+        truncated.update(encoder.truncated)
     if not train:
         raise DataError(cfg.data, None, None,
                         f"no usable rows ({bad.summary()['skipped_rows']} skipped; see rejected_rows.jsonl)",

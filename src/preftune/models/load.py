@@ -2,6 +2,8 @@
 weights through safetensors; ``trust_remote_code`` only when asked; optional LoRA through peft."""
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -10,8 +12,15 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from .attention import ATTENTION
 
 
+def _source(name: str) -> str:
+    """A model folder, or a hub name; a path that does not exist is an error in plain words."""
+    if not Path(name).expanduser().exists() and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
+        raise FileNotFoundError(f"{name}: no such model folder")
+    return name
+
+
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):
-    tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(_source(name), trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -89,7 +98,7 @@ def _finish(model, cfg, trainable: bool, task_type: str):
 def load_causal_lm(name: str, cfg=None, *, trainable: bool = True):
     """A causal LM; with ``cfg.lora_r > 0`` and ``trainable``, LoRA adapters wrap it."""
     trust = bool(cfg and cfg.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=_load_dtype(cfg, trainable), trust_remote_code=trust,
+    model = AutoModelForCausalLM.from_pretrained(_source(name), dtype=_load_dtype(cfg, trainable), trust_remote_code=trust,
                                                  use_safetensors=True)
     return _finish(model, cfg, trainable, "CAUSAL_LM")
 
@@ -98,7 +107,7 @@ def load_reward_model(name: str, cfg=None, *, trainable: bool = True, pad_token_
     """A sequence classifier with one output (a scalar reward), as the notes recommend."""
     trust = bool(cfg and cfg.trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(
-        name, num_labels=1, dtype=_load_dtype(cfg, trainable), trust_remote_code=trust, use_safetensors=True)
+        _source(name), num_labels=1, dtype=_load_dtype(cfg, trainable), trust_remote_code=trust, use_safetensors=True)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return _finish(model, cfg, trainable, "SEQ_CLS")
@@ -119,10 +128,16 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 
 def save_model(model, tokenizer, path: Path, *, merge_lora: bool = True) -> None:
-    """A ``save_pretrained`` folder (safetensors) that plain ``transformers`` loads."""
+    """A ``save_pretrained`` folder (safetensors) that plain ``transformers`` loads, written beside
+    ``path`` and renamed into place, so a crash mid-save never leaves a half-written folder there."""
     model = getattr(model, "module", model)  # DDP
     if hasattr(model, "peft_config") and merge_lora:
         model = model.merge_and_unload()
-    model.save_pretrained(path, safe_serialization=True)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
-        tokenizer.save_pretrained(path)
+        tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)

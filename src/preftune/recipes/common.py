@@ -1,8 +1,10 @@
 """Set-up shared by every recipe: threads, seeds, process group, run folder, tokenizer, data."""
 from __future__ import annotations
 
+import hashlib
+import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ class Setup:
     rank: int
     world: int
     device: torch.device
+    truncated: dict = field(default_factory=dict)   # rows and tokens cut by truncation (summary.json)
 
 
 def seed_everything(seed: int) -> None:
@@ -35,8 +38,15 @@ def start(cfg) -> Setup:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world, device = distributed.init()
+    if cfg.max_prompt_length >= cfg.max_length:
+        if rank == 0:
+            print(f"--max_prompt_length {cfg.max_prompt_length} ≥ --max_length {cfg.max_length}: prompts are cut to "
+                  f"{cfg.max_length // 2} tokens so that completions keep room")
+        cfg.max_prompt_length = cfg.max_length // 2
     seed_everything(cfg.seed)
     run = RunDir(cfg.output_dir, main=rank == 0)
+    run.claim(resume=cfg.resume, overwrite=cfg.overwrite)
+    distributed.barrier()
     run.save_config(cfg)
     return Setup(cfg, run, BadRows(cfg.on_bad_row), rank, world, device)
 
@@ -52,7 +62,8 @@ def tokenizer_and_data(setup: Setup, expect: tuple[str, ...]):
     cfg = setup.cfg
     tokenizer = load_tokenizer(require_model(cfg), trust_remote_code=cfg.trust_remote_code)
     try:
-        train, evals, kind = build_examples(cfg, tokenizer, expect, setup.bad, margins=getattr(cfg, "use_margin", False))
+        train, evals, kind = build_examples(cfg, tokenizer, expect, setup.bad, margins=getattr(cfg, "use_margin", False),
+                                            truncated=setup.truncated)
     finally:
         if setup.rank == 0:
             setup.bad.write(setup.run.path)
@@ -65,9 +76,19 @@ def steps_per_epoch(setup: Setup, n_train: int) -> float:
     return n_train / (cfg.batch_size * cfg.grad_accum * setup.world)
 
 
+def fingerprint(examples: list[dict]) -> str:
+    """A hash of tokenised examples (ids, labels, rankings, margins): a resumed run must train on the
+    same rows."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps({k: v for k, v in sorted(e.items())
+                             if k.endswith("_ids") or k in ("label", "ranking", "margin")}).encode())
+    return h.hexdigest()
+
+
 def summary_extra(setup: Setup, train, evals, kind: str) -> dict:
     return {"dataset_kind": kind, "train_examples": len(train), "eval_examples": len(evals),
-            "world_size": setup.world, **setup.bad.summary()}
+            "world_size": setup.world, **setup.bad.summary(), "truncated": setup.truncated}
 
 
 def move(batch: dict, device) -> dict:

@@ -25,7 +25,7 @@ from ..models.load import disable_dropout
 from ..models.logprobs import sequence_logps
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .common import fingerprint, move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
 from .reference import Reference
 
 
@@ -151,8 +151,8 @@ def sft_reference_first(cfg) -> str:
     sft_cfg = SFTConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in fields})
     sft_cfg.output_dir = str(Path(cfg.output_dir) / "sft")
     sft_cfg.max_steps, sft_cfg.epochs, sft_cfg.sft_on_chosen, sft_cfg.lr = cfg.sft_steps, None, True, SFTConfig.lr
-    sft_cfg.save_steps, sft_cfg.lora_r = 0, 0
-    if not (Path(sft_cfg.output_dir) / "final" / "config.json").exists():
+    sft_cfg.save_steps, sft_cfg.lora_r, sft_cfg.resume, sft_cfg.overwrite = 0, 0, True, False
+    if not (Path(sft_cfg.output_dir) / "summary.json").exists():   # done once; a killed phase starts over
         run_sft(sft_cfg)
     return str(Path(sft_cfg.output_dir) / "final")
 
@@ -188,6 +188,7 @@ def run_dpo(cfg) -> dict:
         cfg, setup.run, scorer, stream, make_step(cfg, reference), lambda b: b["ranking"].shape[0],
         evaluate=(lambda: evaluate_dpo(cfg, scorer, reference, evals, pad, setup.device)) if evals else None,
         save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
-        rank=setup.rank, world=setup.world, device=setup.device, steps_per_epoch=steps_per_epoch(setup, len(train)),
+        rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
+        steps_per_epoch=steps_per_epoch(setup, len(train)),
         summary_extra={**summary_extra(setup, train, evals, kind), "loss": cfg.loss, "beta": cfg.beta, "ref": cfg.ref})
     return trainer.fit()

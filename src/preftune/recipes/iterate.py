@@ -65,17 +65,16 @@ def run_iterate(cfg: IterateConfig) -> list[dict]:
         print(json.dumps(history[-1]))
         pairs = str(rd / "pairs.jsonl")
         if cfg.method == "dpo":
-            run_dpo(_subset(DPOConfig, cfg, model=policy, ref_model=policy, data=pairs, output_dir=str(rd / "dpo"),
-                            resume=False))
+            run_dpo(_subset(DPOConfig, cfg, model=policy, ref_model=policy, data=pairs, output_dir=str(rd / "dpo")))
             policy = str(rd / "dpo" / "final")
         else:
             all_pairs += [json.loads(x) for x in (rd / "pairs.jsonl").read_text().splitlines()]
             write_jsonl(rd / "all_pairs.jsonl", all_pairs)
             run_rm(_subset(RMConfig, cfg, data=str(rd / "all_pairs.jsonl"), output_dir=str(rd / "rm"),
-                           max_steps=cfg.rm_steps, epochs=None, resume=False))
+                           max_steps=cfg.rm_steps, epochs=None))
             run_ppo(_subset(PPOConfig, cfg, model=policy, ref_model=cfg.model, reward=str(rd / "rm" / "final"),
-                            output_dir=str(rd / "ppo"), max_steps=cfg.ppo_steps, epochs=None, max_new_tokens=cfg.max_new_tokens,
-                            resume=False))
+                            output_dir=str(rd / "ppo"), max_steps=cfg.ppo_steps, epochs=None,
+                            max_new_tokens=cfg.max_new_tokens))
             policy = str(rd / "ppo" / "final")
     history.append({"round": cfg.rounds, "policy": policy})
     (out / "rounds.json").write_text(json.dumps(history, indent=1))

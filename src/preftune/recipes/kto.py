@@ -20,7 +20,7 @@ from ..models.load import disable_dropout
 from ..models.logprobs import sequence_logps
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .common import fingerprint, move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
 from .reference import Reference
 
 
@@ -117,7 +117,8 @@ def run_kto(cfg) -> dict:
                                                                                max_length=cfg.max_length),
                                        setup.device)) if evals else None,
         save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
-        rank=setup.rank, world=setup.world, device=setup.device, steps_per_epoch=steps_per_epoch(setup, len(train)),
+        rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
+        steps_per_epoch=steps_per_epoch(setup, len(train)),
         summary_extra={**summary_extra(setup, train, evals, kind), "desirable_examples": desirable,
                        "undesirable_examples": len(train) - desirable, "beta": cfg.beta})
     return trainer.fit()

@@ -26,7 +26,7 @@ from ..rewards.shaping import KLController, RunningMoments, shape_scores
 from ..rollout import generate
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import move, start, summary_extra, tokenizer_and_data
+from .common import fingerprint, move, start, summary_extra, tokenizer_and_data
 
 
 class ActorCritic(nn.Module):
@@ -270,7 +270,7 @@ def run_ppo(cfg) -> dict:
         lambda b: int(b["mask"].sum()),
         evaluate=(lambda: evaluate_policy(rollouts, eval_prompts)) if eval_prompts else None,
         save_final=lambda: save_model(policy, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
-        rank=setup.rank, world=setup.world, device=setup.device,
+        rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
         steps_per_epoch=len(train) / (cfg.rollout_batch_size * setup.world) * u, step_multiple=u,
         summary_extra={**summary_extra(setup, train, evals, kind), "algo": cfg.algo, "updates_per_iteration": u},
         state=(rollouts.state, rollouts.load_state))

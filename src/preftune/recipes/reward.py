@@ -16,7 +16,7 @@ from ..models import RewardScorer, load_reward_model, rm_inputs, save_model
 from ..models.load import disable_dropout
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .common import fingerprint, move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
 
 
 def groups(examples: list[dict]) -> list[dict]:
@@ -106,6 +106,7 @@ def run_rm(cfg) -> dict:
         cfg, setup.run, scorer, stream, make_step(cfg), lambda b: len(b["group_sizes"]),
         evaluate=(lambda: evaluate_rm(scorer, eval_items, pad, cfg.batch_size, setup.device, cfg)) if eval_items else None,
         save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
-        rank=setup.rank, world=setup.world, device=setup.device, steps_per_epoch=steps_per_epoch(setup, len(train_items)),
+        rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
+        steps_per_epoch=steps_per_epoch(setup, len(train_items)),
         summary_extra=summary_extra(setup, train, evals, kind))
     return trainer.fit()

@@ -14,7 +14,7 @@ from ..data import DataError, batch_sequences, collate
 from ..models import CausalLMScorer, lm_inputs, load_causal_lm, save_model
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .common import fingerprint, move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
 
 
 def sft_pairs(examples: list[dict]) -> list[tuple[list[int], list[int]]]:
@@ -69,6 +69,7 @@ def run_sft(cfg) -> dict:
         cfg, setup.run, scorer, stream, sft_step, count_tokens,
         evaluate=(lambda: evaluate_nll(scorer, eval_pairs, pad, cfg.batch_size, setup.device)) if eval_pairs else None,
         save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
-        rank=setup.rank, world=setup.world, device=setup.device, steps_per_epoch=steps_per_epoch(setup, len(train_pairs)),
+        rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
+        steps_per_epoch=steps_per_epoch(setup, len(train_pairs)),
         summary_extra={**summary_extra(setup, train, evals, kind), **extra})
     return trainer.fit()

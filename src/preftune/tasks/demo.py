@@ -111,7 +111,7 @@ def base_model(cfg: DemoConfig, size: dict, work: Path, stages: Stages) -> Path:
     build_tiny(init, texts, vocab_size=size["vocab"], hidden=size["hidden"], layers=size["layers"], seed=cfg.seed)
     pre = SFTConfig(model=str(init), data=str(corpus_file), output_dir=str(work / "pretrain"), max_length=64,
                     max_steps=size["pretrain_steps"], batch_size=32, lr=3e-3, warmup_steps=50, seed=cfg.seed,
-                    threads=cfg.threads, eval_fraction=0.02, log_steps=10, progress=False)
+                    threads=cfg.threads, eval_fraction=0.02, log_steps=10, progress=False, resume=True)
     stages.run("pretrain base LM", "sft", pre, run_sft, final / "config.json")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(final.name + ".tmp")
@@ -143,7 +143,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out)
     t0 = time.perf_counter()
-    common = dict(seed=cfg.seed, threads=cfg.threads, progress=False)
+    # resume: a stage killed part-way starts over cleanly (no checkpoints); finished stages are skipped
+    common = dict(seed=cfg.seed, threads=cfg.threads, progress=False, resume=True)
 
     # 0. data
     reviews = sentiment.corpus(size["sft_rows"], cfg.seed + 1)
@@ -156,7 +157,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     base = base_model(cfg, size, out, stages)
     sft = SFTConfig(model=str(base), data=str(out / "sft.jsonl"), output_dir=str(out / "sft"), max_length=96,
                     max_steps=size["sft_steps"], batch_size=32, lr=1e-3, warmup_steps=10, log_steps=10, **common)
-    stages.run("SFT", "sft", sft, run_sft, out / "sft" / "final" / "config.json")
+    stages.run("SFT", "sft", sft, run_sft, out / "sft" / "summary.json")
     pi_sft = str(out / "sft" / "final")
 
     # 3. sample and label
@@ -176,7 +177,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     rm = RMConfig(model=pi_sft, data=train_pairs, eval_data=str(out / "prefs" / "heldout.jsonl"), output_dir=str(out / "rm"),
                   max_length=96, max_steps=size["rm_steps"], batch_size=16, lr=5e-4, warmup_steps=10, log_steps=10,
                   **common)
-    stages.run("reward model", "rm", rm, run_rm, out / "rm" / "final" / "config.json")
+    stages.run("reward model", "rm", rm, run_rm, out / "rm" / "summary.json")
     rm_acc = rm_accuracy(out / "rm" / "final", pairs[:n_eval])
 
     policies = []
@@ -187,7 +188,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                         output_dir=str(out / name), kl_coef=kl, rollout_batch_size=32, batch_size=16, ppo_epochs=2,
                         max_steps=4 * size["ppo_iterations"], max_new_tokens=size["max_new_tokens"], lr=3e-4,
                         eval_prompts=32, log_steps=4, missing_eos_penalty=1.0, **common)
-        stages.run(f"PPO (β_KL={kl:g})", "ppo", ppo, run_ppo, out / name / "final" / "config.json")
+        stages.run(f"PPO (β_KL={kl:g})", "ppo", ppo, run_ppo, out / name / "summary.json")
         policies.append({"name": name, "path": str(out / name / "final"), "method": "ppo", "beta": kl})
 
     # 6. DPO family on the same pairs
@@ -199,7 +200,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         name = f"{method}@{beta:g}"
         dpo = DPOConfig(model=pi_sft, data=train_pairs, output_dir=str(out / name), loss=loss, beta=beta, max_length=96,
                         max_steps=steps, batch_size=16, warmup_steps=5, log_steps=5, **({"lr": 5e-4} | extra), **common)
-        stages.run(f"{method} (β={beta:g})", "dpo", dpo, run_dpo, out / name / "final" / "config.json")
+        stages.run(f"{method} (β={beta:g})", "dpo", dpo, run_dpo, out / name / "summary.json")
         policies.append({"name": name, "path": str(out / name / "final"), "method": method, "beta": beta})
 
     # 7. evaluate

@@ -78,20 +78,39 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
-def load(path: Path, model, optimizer, scheduler, *, masters: dict | None = None) -> dict:
-    """Restore a checkpoint into the given objects (and float32 ``masters``, bf16 runs); returns
-    its state.json."""
-    weights = load_file(path / "model.safetensors")
+class CheckpointError(RuntimeError):
+    """An unreadable checkpoint (truncated or corrupt file); the message names its path."""
+
+
+def read(path: Path) -> dict:
+    """Every file of a checkpoint, read and parsed before anything is applied: {"weights", "trainer",
+    "state"}. Raises CheckpointError naming the path."""
+    try:
+        return {"state": json.loads((path / "state.json").read_text()),
+                "weights": load_file(path / "model.safetensors"),
+                "trainer": torch.load(path / "trainer_state.pt", weights_only=True)}
+    except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
+
+
+def apply(saved: dict, model, optimizer, scheduler, *, masters: dict | None = None) -> dict:
+    """Restore a ``read`` checkpoint into the given objects (and float32 ``masters``, bf16 runs);
+    returns its state.json."""
+    weights = saved["weights"]
     # Tied weights are stored once; loading one name fills the shared tensor, so only
     # unexpected names are an error.
     unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
     if unexpected:
-        raise RuntimeError(f"{path}: checkpoint holds weights this model lacks: {unexpected[:5]}")
+        raise CheckpointError(f"checkpoint holds weights this model lacks: {unexpected[:5]}")
     with torch.no_grad():
         for name, master in (masters or {}).items():
             master.copy_(weights[name])
-    trainer = torch.load(path / "trainer_state.pt", weights_only=True)
-    optimizer.load_state_dict(trainer["optimizer"])
-    scheduler.load_state_dict(trainer["scheduler"])
-    _set_rng_state(trainer["rng"])
-    return json.loads((path / "state.json").read_text())
+    optimizer.load_state_dict(saved["trainer"]["optimizer"])
+    scheduler.load_state_dict(saved["trainer"]["scheduler"])
+    _set_rng_state(saved["trainer"]["rng"])
+    return saved["state"]
+
+
+def load(path: Path, model, optimizer, scheduler, *, masters: dict | None = None) -> dict:
+    """``apply(read(path), …)``."""
+    return apply(read(path), model, optimizer, scheduler, masters=masters)

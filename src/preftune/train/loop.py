@@ -10,7 +10,9 @@ batch 2B and two processes with batch B give the same gradient.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -28,6 +30,17 @@ from .run import RunDir
 
 class TrainingError(RuntimeError):
     pass
+
+
+# settings a resumed run may change: they do not change what one optimizer step computes
+MAY_CHANGE_ON_RESUME = frozenset({"output_dir", "data", "eval_data", "eval_fraction", "max_steps", "epochs",
+                                  "save_steps", "keep_checkpoints", "log_steps", "eval_steps", "progress", "resume",
+                                  "overwrite", "threads", "max_bad_steps", "on_bad_row", "eval_prompts"})
+
+
+def resume_settings(cfg) -> dict:
+    """The config values a checkpoint records and a resume must match."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in MAY_CHANGE_ON_RESUME}
 
 
 def lr_schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -88,6 +101,7 @@ class Trainer:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     summary_extra: dict = field(default_factory=dict)
     state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None   # recipe state kept in checkpoints
+    data_fingerprint: str | None = None           # of the tokenised training rows: a resume must see the same
     steps_per_epoch: float | None = None          # optimizer steps in one pass over the training data (--epochs)
     step_multiple: int = 1                        # the run's length is rounded up to a multiple of this
 
@@ -119,24 +133,42 @@ class Trainer:
         return self.master.masters if self.master is not None else None
 
     def _resume(self) -> None:
-        found = checkpoint.list_checkpoints(self.run.checkpoints)
-        if not found:
+        """Continue from the newest readable checkpoint (an unreadable one is named and skipped), made
+        with the same data and loss-relevant settings; without one, start over with clean metrics."""
+        for path in reversed(checkpoint.list_checkpoints(self.run.checkpoints)):
+            try:
+                saved = checkpoint.read(path)
+            except checkpoint.CheckpointError as e:
+                print(f"--resume: {e}; trying the one before", file=sys.stderr)
+                continue
+            self._check_same_run(saved["state"], path)
+            state = checkpoint.apply(saved, self.model, self.optimizer, self.scheduler, masters=self._masters())
+            self.step = state["step"]
+            self.bad_total = state.get("bad_steps", 0)
+            if self.state is not None:
+                self.state[1](state.get("recipe", {}))
+            self.run.truncate_metrics(self.step)
             if self.rank == 0:
-                print(f"--resume: no checkpoint in {self.run.checkpoints}; starting from step 0")
+                print(f"resumed from {path} (step {self.step})")
             return
-        state = checkpoint.load(found[-1], self.model, self.optimizer, self.scheduler, masters=self._masters())
-        self.step = state["step"]
-        self.bad_total = state.get("bad_steps", 0)
-        if self.state is not None:
-            self.state[1](state.get("recipe", {}))
-        self.run.truncate_metrics(self.step)
         if self.rank == 0:
-            print(f"resumed from {found[-1]} (step {self.step})")
+            print(f"--resume: no readable checkpoint in {self.run.checkpoints}; starting from step 0")
+        self.run.truncate_metrics(0)
+
+    def _check_same_run(self, state: dict, path) -> None:
+        saved, now = state.get("config", {}), resume_settings(self.cfg)
+        changed = [f"--{k} {saved[k]!r} → {now.get(k)!r}" for k in sorted(saved) if saved[k] != now.get(k)]
+        if state.get("data") not in (None, self.data_fingerprint):
+            changed.append("the training data (its tokenised rows differ)")
+        if changed:
+            raise TrainingError(f"--resume: {path} was made with other settings: {'; '.join(changed)} (resume with "
+                                "the same ones, or start over with --overwrite true)")
 
     def _save_checkpoint(self) -> None:
         if self.rank == 0:
             checkpoint.save(self.run.checkpoints, self.step, self.model, self.optimizer, self.scheduler,
-                            {"bad_steps": self.bad_total, "recipe": self.state[0]() if self.state else {}},
+                            {"bad_steps": self.bad_total, "recipe": self.state[0]() if self.state else {},
+                             "config": resume_settings(self.cfg), "data": self.data_fingerprint},
                             self.cfg.keep_checkpoints, masters=self._masters())
         distributed.barrier()
 

@@ -1,20 +1,50 @@
-"""A run folder: config.yaml, metrics.jsonl, TensorBoard logs, summary.json, checkpoints, final/."""
+"""A run folder: config.yaml, metrics.jsonl, TensorBoard logs, summary.json, checkpoints, final/.
+
+A folder holding a run is refused unless the run is resumed or overwritten; a lock file keeps two
+runs out of one folder; summary.json is written last (atomically), so a run — and a pipeline stage
+built on it — counts as done only once it exists.
+"""
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import os
+import shutil
+import socket
 from pathlib import Path
 
 from ..config import save_config
+
+# what a run writes; --overwrite removes exactly these
+ARTEFACTS = ("metrics.jsonl", "summary.json", "rejected_rows.jsonl", "checkpoints", "final", "tensorboard",
+             "ref_logps_train.safetensors", "ref_logps_train.json", "ref_logps_eval.safetensors", "ref_logps_eval.json")
+LOCK = ".lock"
+_HELD: list["RunDir"] = []   # folders this process has locked
+
+
+def release_all() -> None:
+    """Unlock every folder this process holds (a command that failed part-way)."""
+    for run in list(_HELD):
+        run.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RunDir:
     def __init__(self, output_dir: str | Path, *, main: bool = True):
         self.path = Path(output_dir)
         self.main = main
-        if main:
-            self.path.mkdir(parents=True, exist_ok=True)
         self._tb = None
+        self._locked = False
 
     @property
     def checkpoints(self) -> Path:
@@ -24,12 +54,60 @@ class RunDir:
     def final(self) -> Path:
         return self.path / "final"
 
+    def holds_run(self) -> list[str]:
+        """The run artefacts already in the folder (a config.yaml alone is a run that never started)."""
+        return [name for name in ("metrics.jsonl", "checkpoints", "final", "summary.json") if (self.path / name).exists()]
+
+    def claim(self, *, resume: bool, overwrite: bool) -> None:
+        """Lock the folder for this process; refuse a folder holding a run unless resuming (the run is
+        then no longer done: its summary goes) or overwriting (its artefacts go)."""
+        if not self.main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        found = self.holds_run()
+        if found and not (resume or overwrite):
+            self.release()
+            raise ValueError(f"--output_dir {self.path} holds a run ({', '.join(found)}): pass --resume to continue "
+                             "it or --overwrite true to replace it")
+        for name in ARTEFACTS if overwrite else ("summary.json",):
+            target = self.path / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+
+    def _lock(self) -> None:
+        lock = self.path / LOCK
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pid, _, host = lock.read_text().partition(" ")
+                ours = pid == str(os.getpid())   # left by an earlier run of this process that failed
+                if not ours and (host.strip() != socket.gethostname() or (pid.isdigit() and _alive(int(pid)))):
+                    raise ValueError(f"--output_dir {self.path} is in use by another run (process {pid} on "
+                                     f"{host.strip()}; remove {lock} if that run is gone)") from None
+                lock.unlink(missing_ok=True)   # left by a run that was killed or failed
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self._locked = True
+            _HELD.append(self)
+            atexit.register(self.release)
+            return
+
+    def release(self) -> None:
+        if self._locked:
+            (self.path / LOCK).unlink(missing_ok=True)
+            self._locked = False
+            _HELD.remove(self)
+
     def save_config(self, cfg) -> None:
         if self.main:
             save_config(cfg, self.path / "config.yaml")
 
     def truncate_metrics(self, after_step: int) -> None:
-        """On resume: drop lines a killed run logged after its last checkpoint."""
+        """On resume: drop lines a killed run logged after its last checkpoint (all of them when it
+        made none)."""
         f = self.path / "metrics.jsonl"
         if self.main and f.exists():
             kept = [line for line in f.read_text().splitlines() if json.loads(line)["step"] <= after_step]
@@ -49,13 +127,17 @@ class RunDir:
                 self._tb.add_scalar(k, v, step)
 
     def write_summary(self, summary: dict) -> None:
+        """summary.json, atomically: its presence marks the run (and a stage built on it) done."""
         if self.main:
-            (self.path / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
+            tmp = self.path / ".summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
+            os.replace(tmp, self.path / "summary.json")
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        self.release()
 
 
 def _jsonable(v):
