@@ -1,17 +1,22 @@
-"""Packed attention (models/attention.py): sequence-by-sequence causal attention over packed rows
-equals causal attention of each sequence on its own, values and gradients, in float64."""
+"""Packed attention (models/attention.py): sequence-by-sequence causal attention over packed rows,
+in slots sized by length, equals causal attention of each sequence on its own, values and
+gradients, in float64 — also for one long sequence among many short ones, and with a sliding
+window."""
 import json
 
 import pytest
 import torch
 
 from preftune.data import pack
+from preftune.data.tokenize import SLOT_LENGTHS
 from preftune.models.attention import ATTENTION, _Select, packed_attention
+from preftune.models.logprobs import packed_index
 
 
-def random_sequences(seed: int, n: int = 7):
+def random_sequences(seed: int, n: int = 7, long: int = 0):
+    """n short sequences, and one of ``long`` tokens among them when given."""
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, 40, (n, 2), generator=g).tolist()
+    lengths = torch.randint(1, 40, (n, 2), generator=g).tolist() + ([[long // 3, long - long // 3]] if long else [])
     return [([1] * p, [2] * c) for p, c in lengths]
 
 
@@ -19,8 +24,9 @@ class FakeAttention(torch.nn.Module):
     is_causal = True
 
 
-def reference_attention(q, k, v, lengths, starts):
-    """Each sequence alone: softmax(q kᵀ/√d + causal) v, heads of k/v repeated for grouped queries."""
+def reference_attention(q, k, v, lengths, starts, window=None):
+    """Each sequence alone: softmax(q kᵀ/√d + causal [+ window]) v, heads of k/v repeated for grouped
+    queries."""
     heads, dim = q.shape[1], q.shape[3]
     k = k.repeat_interleave(heads // k.shape[1], dim=1)
     v = v.repeat_interleave(heads // v.shape[1], dim=1)
@@ -28,7 +34,8 @@ def reference_attention(q, k, v, lengths, starts):
     for (r, at), n in zip(starts, lengths):
         qs, ks, vs = (x[r, :, at:at + n] for x in (q, k, v))
         scores = qs @ ks.transpose(-1, -2) / dim ** 0.5
-        scores = scores + torch.full((n, n), float("-inf"), dtype=q.dtype).triu(1)
+        i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+        scores = scores.masked_fill((j > i) | ((i - j >= window) if window else False), float("-inf"))
         out[r, at:at + n] = (torch.softmax(scores, -1) @ vs).transpose(0, 1)
     return out
 
@@ -44,21 +51,24 @@ def layout(batch):
     return starts, lengths
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2])
-def test_packed_attention_equals_each_sequence_alone(kv_heads):
-    batch = pack(random_sequences(0), 0, capacity=64)
+@pytest.mark.parametrize("kv_heads,long,window", [(4, 0, None), (2, 0, None), (2, 700, None), (4, 300, 24)])
+def test_packed_attention_equals_each_sequence_alone(kv_heads, long, window):
+    batch = pack(random_sequences(0, long=long), 0, capacity=64)
     assert batch["input_ids"].shape[0] > 1 and (batch["segments"] < 0).any()   # several rows, some row padding
-    assert batch["input_ids"].shape[1] % 64 == 0 and batch["gather"].shape[1] % 16 == 0   # shapes that repeat
+    assert batch["input_ids"].shape[1] % 64 == 0                               # shapes that repeat
+    assert all(slot in SLOT_LENGTHS for _, slot in batch["groups"]) and len(batch["groups"]) > 1
+    if long:   # the long sequence has its own slot: the short ones are not padded to its length
+        assert batch["groups"][-1][0] == 1 and batch["groups"][-2][1] <= 96
     rows, length = batch["input_ids"].shape
     g = torch.Generator().manual_seed(1)
     q = torch.randn(rows, 4, length, 8, dtype=torch.float64, generator=g, requires_grad=True)
     k = torch.randn(rows, kv_heads, length, 8, dtype=torch.float64, generator=g, requires_grad=True)
     v = torch.randn(rows, kv_heads, length, 8, dtype=torch.float64, generator=g, requires_grad=True)
-    out, weights = packed_attention(FakeAttention(), q, k, v, None, scaling=8 ** -0.5,
-                                    packed_sequences=(batch["gather"], batch["scatter"]))
+    out, weights = packed_attention(FakeAttention(), q, k, v, None, scaling=8 ** -0.5, sliding_window=window,
+                                    packed_sequences=packed_index(batch))
     assert weights is None and out.shape == (rows, length, 4, 8)
     starts, lengths = layout(batch)
-    ref = reference_attention(q, k, v, lengths, starts)
+    ref = reference_attention(q, k, v, lengths, starts, window)
     real = batch["segments"] >= 0
     torch.testing.assert_close(out[real], ref[real], atol=1e-12, rtol=1e-12)
     w = torch.randn(out.shape, dtype=torch.float64, generator=g) * real[..., None, None]   # padding outputs are unused
@@ -68,11 +78,24 @@ def test_packed_attention_equals_each_sequence_alone(kv_heads):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("long", [200, 900])   # bfloat16 slots: matmul attention ≤ 512 tokens, fused SDPA above
+def test_packed_attention_in_bfloat16_is_close_to_float64(long):
+    batch = pack(random_sequences(3, long=long), 0, capacity=64)
+    rows, length = batch["input_ids"].shape
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(rows, 4, length, 16, dtype=torch.float64, generator=g) for _ in range(3))
+    out, _ = packed_attention(FakeAttention(), *(x.bfloat16() for x in (q, k, v)), None, scaling=0.25,
+                              packed_sequences=packed_index(batch))
+    ref = reference_attention(q, k, v, *reversed(layout(batch)))
+    real = batch["segments"] >= 0
+    torch.testing.assert_close(out[real].double(), ref[real], atol=3e-2, rtol=3e-2)
+
+
 def test_select_gradient_is_the_inverse_gather():
     """Entries without a counterpart (slots past a sequence's end, row padding) carry no gradient;
     on the rest, the inverse gather is the exact gradient."""
-    batch = pack(random_sequences(2), 0, capacity=64)
-    gather, scatter = batch["gather"].reshape(-1), batch["scatter"].reshape(-1)
+    batch = pack(random_sequences(2, long=150), 0, capacity=64)
+    gather, scatter = batch["gather"], batch["scatter"].reshape(-1)
     for index, inverse in ((gather, scatter), (scatter, gather)):
         real = (index < len(inverse)).double()[:, None]
         x = torch.randn(len(inverse), 3, dtype=torch.float64, requires_grad=True)
@@ -90,7 +113,8 @@ def test_model_gradients_equal_block_diagonal_attention(tiny_model):
     outs, grads = {}, {}
     for impl in ("sdpa", ATTENTION):
         model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float64, attn_implementation=impl)
-        extra = {"packed_sequences": (batch["gather"], batch["scatter"])} if impl == ATTENTION else {}
+        extra = {"packed_sequences": packed_index(batch), "attention_mask": torch.zeros(1, 1, 1, 1)} \
+            if impl == ATTENTION else {}
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **extra).logits
         real = batch["segments"] >= 0
         outs[impl] = logits[real]
@@ -146,7 +170,7 @@ def test_reward_scorer_runs_the_last_mlp_at_last_tokens_only(tiny_model):
     rewards.sum().backward()
     trimmed = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    full = classifier_outputs(model, batch["input_ids"], None, batch["position_ids"], (batch["gather"], batch["scatter"]))
+    full = classifier_outputs(model, batch["input_ids"], None, batch["position_ids"], packed_index(batch))
     full = full.reshape(-1)[batch["last_index"]]
     torch.testing.assert_close(rewards, full, atol=1e-12, rtol=1e-10)
     full.sum().backward()

@@ -155,37 +155,48 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+# Attention slot lengths (models.attention): a sequence's slot is the shortest of these that holds it
+# (beyond, the next multiple of 256); each step wastes at most ~1.6× the causal work of the sequence.
+# A short ladder also keeps shapes repeating from batch to batch (see ``pack``).
+SLOT_LENGTHS = (32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024)
+
+
+def slot_length(n: int) -> int:
+    return next((s for s in SLOT_LENGTHS if n <= s), round_up(n, 256))
+
+
 def pack(sequences: list[tuple[list[int], list[int]]], pad_id: int, *, capacity: int = 256,
          train_on_prompt: bool = False) -> dict:
     """Padding-free batch: (prompt, completion) sequences packed first-fit-decreasing into rows of
     ≤ max(capacity, longest) tokens. ``position_ids`` restart at 0 for each sequence (and for each
-    row's padding tail), which is how ``transformers`` recognises packed sequences and attends only
-    within each one. ``segments`` gives each position's sequence index (−1 for padding) and
+    row's padding tail). ``segments`` gives each position's sequence index (−1 for padding) and
     ``last_index`` each sequence's last token as a flat index into the rows, in input order.
-    ``gather`` (sequences, L) and ``scatter`` (rows, T) map between the rows and one right-padded
-    slot of length L per sequence, for ``models.attention``: gather holds the flat row position of
-    each sequence's j-th token, scatter each row position's flat index into the slots; a position
-    with no counterpart (a slot past its sequence's end, row padding) holds the one-past-the-end
-    index (rows·T, resp. sequences·L).
 
-    Shapes repeat from batch to batch: T is rounded up to a multiple of 64 and L (the longest
-    sequence) to a multiple of 16. On CPU, oneDNN builds a kernel for every new bf16 matmul shape
-    (measured 3-13 ms each, against 1-2 ms for the matmul itself), so batches whose shapes all
-    differ would pay that in every step."""
-    width = max(capacity, max(len(p) + len(c) for p, c in sequences))
-    order = sorted(range(len(sequences)), key=lambda i: -(len(sequences[i][0]) + len(sequences[i][1])))
+    ``gather``, ``scatter`` and ``groups`` map between the rows and right-padded attention slots for
+    ``models.attention``: sequences are grouped by slot length (``slot_length``), ``groups`` holds
+    each group's (sequences, slot length), ``gather`` (S,) the flat row position of every slot
+    token, group after group, and ``scatter`` (rows, T) each row position's index into those S slot
+    tokens; a position with no counterpart (a slot past its sequence's end, row padding) holds the
+    one-past-the-end index (rows·T, resp. S).
+
+    Shapes repeat from batch to batch: T is rounded up to a multiple of 64, slots come from a short
+    ladder. On CPU, oneDNN builds a kernel for every new bf16 matmul shape (measured 3-13 ms each,
+    against 1-2 ms for the matmul itself), so batches whose shapes all differ would pay that in
+    every step."""
+    lengths = [len(p) + len(c) for p, c in sequences]
+    width = max(capacity, max(lengths))
+    order = sorted(range(len(sequences)), key=lambda i: -lengths[i])
     rows: list[list[int]] = []
     used: list[int] = []
     for i in order:
-        n = len(sequences[i][0]) + len(sequences[i][1])
         for r, u in enumerate(used):
-            if u + n <= width:
+            if u + lengths[i] <= width:
                 rows[r].append(i)
-                used[r] += n
+                used[r] += lengths[i]
                 break
         else:
             rows.append([i])
-            used.append(n)
+            used.append(lengths[i])
     length = round_up(max(used), 64)
     shape = (len(rows), length)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
@@ -193,27 +204,35 @@ def pack(sequences: list[tuple[list[int], list[int]]], pad_id: int, *, capacity:
     segments = torch.full(shape, -1, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
     last_index = torch.zeros(len(sequences), dtype=torch.long)
-    slot = round_up(max(len(p) + len(c) for p, c in sequences), 16)
-    gather = torch.full((len(sequences), slot), shape[0] * shape[1], dtype=torch.long)
-    scatter = torch.full(shape, len(sequences) * slot, dtype=torch.long)
+    starts = {}   # sequence -> flat row position of its first token
     for r, members in enumerate(rows):
         at = 0
         for i in members:
             p, c = sequences[i]
-            ids = p + c
-            n = len(ids)
+            ids, n = p + c, lengths[i]
             input_ids[r, at:at + n] = torch.tensor(ids)
             start = 1 if train_on_prompt else len(p)
             labels[r, at + start:at + n] = torch.tensor(ids[start:])
             segments[r, at:at + n] = i
             position_ids[r, at:at + n] = torch.arange(n)
-            last_index[i] = r * length + at + n - 1
-            gather[i, :n] = r * length + at + torch.arange(n)
-            scatter[r, at:at + n] = i * slot + torch.arange(n)
+            starts[i] = r * length + at
+            last_index[i] = starts[i] + n - 1
             at += n
         position_ids[r, at:] = torch.arange(length - at)
+    slots = sorted({slot_length(n) for n in lengths})
+    groups = tuple((sum(slot_length(n) == s for n in lengths), s) for s in slots)
+    total = sum(n * s for n, s in groups)
+    gather = torch.full((total,), shape[0] * shape[1], dtype=torch.long)
+    scatter = torch.full((shape[0] * shape[1],), total, dtype=torch.long)
+    at = 0
+    for s in slots:
+        for i in (i for i in range(len(sequences)) if slot_length(lengths[i]) == s):
+            n = lengths[i]
+            gather[at:at + n] = starts[i] + torch.arange(n)
+            scatter[starts[i]:starts[i] + n] = at + torch.arange(n)
+            at += s
     return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "segments": segments,
-            "last_index": last_index, "gather": gather, "scatter": scatter}
+            "last_index": last_index, "gather": gather, "scatter": scatter.view(shape), "groups": groups}
 
 
 def batch_sequences(sequences, pad_id: int, *, packing: bool, train_on_prompt: bool = False) -> dict:

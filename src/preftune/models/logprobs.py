@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.tokenize import IGNORE
-from .attention import every_layer_packed, packing_kwargs
+from .attention import packing_kwargs
 
 
 def token_logps(logits: Tensor, targets: Tensor, chunk: int = 256) -> Tensor:
@@ -64,14 +64,14 @@ class CausalLMScorer(nn.Module):
         mask = targets != IGNORE
         lm = _unwrapped(self.lm)
         pos = position_ids if attention_mask is None else _positions(attention_mask)
-        extra = packing_kwargs(lm, packed)
+        extra = packing_kwargs(lm, packed, attention_mask, input_ids.device)
         if _plain_head(lm):
-            hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                                      use_cache=False, **extra).last_hidden_state
+            hidden = lm.get_decoder()(input_ids=input_ids, position_ids=pos, use_cache=False,
+                                      **extra).last_hidden_state
             logits = _rows_padded(lm.get_output_embeddings(), hidden[:, :-1][mask])
         else:
-            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                          output_hidden_states=with_hidden, use_cache=False, **extra)
+            out = self.lm(input_ids=input_ids, position_ids=pos, output_hidden_states=with_hidden, use_cache=False,
+                          **extra)
             hidden = out.hidden_states[-1] if with_hidden else None
             logits = out.logits[:, :-1][mask]
         logps = torch.zeros(targets.shape, dtype=torch.float32, device=input_ids.device)
@@ -106,9 +106,8 @@ def _classifier_hidden(base: nn.Module, input_ids: Tensor, attention_mask: Tenso
     """The last hidden states (N, T, H) of an (unwrapped) classifier's body."""
     body = getattr(base, base.base_model_prefix)
     pos = position_ids if attention_mask is None else _positions(attention_mask)
-    # use_cache=False: no KV cache in training (with one, transformers also skips packed-sequence masks)
-    return body(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False,
-                **packing_kwargs(base, packed)).last_hidden_state
+    return body(input_ids=input_ids, position_ids=pos, use_cache=False,
+                **packing_kwargs(base, packed, attention_mask, input_ids.device)).last_hidden_state
 
 
 def classifier_outputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
@@ -137,17 +136,17 @@ def _last_token_hidden(base: nn.Module, input_ids: Tensor, position_ids: Tensor,
     MLP blocks, embeddings used as they are) under ``models.attention`` with full attention in
     every layer; None otherwise."""
     body = getattr(base, base.base_model_prefix)
-    extra = packing_kwargs(base, packed)
-    if not extra or not every_layer_packed(base.config) or not _llama_style(base, body):
+    if packed is None or not _llama_style(base, body):
         return None
+    extra = packing_kwargs(base, packed, None, input_ids.device)
     layers = body.layers
     hidden = body.embed_tokens(input_ids)
     rope = body.rotary_emb(hidden, position_ids=position_ids)
     for layer in layers[:-1]:
-        hidden = layer(hidden, attention_mask=None, position_embeddings=rope, position_ids=position_ids, **extra)
+        hidden = layer(hidden, position_embeddings=rope, position_ids=position_ids, **extra)
     last = layers[-1]
-    attended, _ = last.self_attn(last.input_layernorm(hidden), attention_mask=None, position_embeddings=rope,
-                                 position_ids=position_ids, **extra)
+    attended, _ = last.self_attn(last.input_layernorm(hidden), position_embeddings=rope, position_ids=position_ids,
+                                 **extra)
     hidden = (hidden + attended).flatten(0, 1)[last_index]
     return body.norm(hidden + last.mlp(last.post_attention_layernorm(hidden)))
 
@@ -186,18 +185,23 @@ class RewardScorer(nn.Module):
         return base.score(last).squeeze(-1).float()
 
 
+def packed_index(batch: dict) -> tuple:
+    """A packed batch's index for ``models.attention``."""
+    return batch["gather"], batch["scatter"], batch["groups"]
+
+
 def lm_inputs(batch: dict) -> dict:
     """Scorer keyword arguments of a padded or a packed batch."""
     if "segments" in batch:
         return {"input_ids": batch["input_ids"], "attention_mask": None, "labels": batch["labels"],
-                "position_ids": batch["position_ids"], "packed": (batch["gather"], batch["scatter"])}
+                "position_ids": batch["position_ids"], "packed": packed_index(batch)}
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": batch["labels"]}
 
 
 def rm_inputs(batch: dict) -> dict:
     if "segments" in batch:
         return {"input_ids": batch["input_ids"], "attention_mask": None, "position_ids": batch["position_ids"],
-                "last_index": batch["last_index"], "packed": (batch["gather"], batch["scatter"])}
+                "last_index": batch["last_index"], "packed": packed_index(batch)}
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 

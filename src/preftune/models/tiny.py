@@ -33,23 +33,24 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedT
                                    padding_side="right", chat_template="{{ bos_token }}" + PLAIN_CHAT_TEMPLATE)
 
 
-def tiny_config(vocab_size: int, *, hidden: int = 256, layers: int = 4, heads: int = 4,
-                max_positions: int = 512) -> LlamaConfig:
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden,
+def tiny_config(vocab_size: int, *, hidden: int = 256, layers: int = 4, heads: int = 4, intermediate: int | None = None,
+                max_positions: int = 1024) -> LlamaConfig:
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate or 4 * hidden,
                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                        max_position_embeddings=max_positions, tie_word_embeddings=True,
                        pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
 def build_tiny(out_dir: str | Path, texts: Iterable[str], *, vocab_size: int = 4096, hidden: int = 256,
-               layers: int = 4, heads: int = 4, seed: int = 0) -> Path:
+               layers: int = 4, heads: int = 4, intermediate: int | None = None, seed: int = 0) -> Path:
     """Train a tokenizer on ``texts``, initialise a Llama model for it and save both to ``out_dir``.
     Defaults give the benchmark model (hidden 256, 4 layers, vocab 4096: ≈5.3 M parameters)."""
     texts = list(texts)
     tokenizer = build_tokenizer(texts, vocab_size)
     torch.manual_seed(seed)
     # The vocabulary is the requested size even when a small corpus yields fewer merges.
-    model = LlamaForCausalLM(tiny_config(max(vocab_size, len(tokenizer)), hidden=hidden, layers=layers, heads=heads))
+    model = LlamaForCausalLM(tiny_config(max(vocab_size, len(tokenizer)), hidden=hidden, layers=layers, heads=heads,
+                                         intermediate=intermediate))
     out = Path(out_dir)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
