@@ -76,7 +76,7 @@ def test_logps_packed_or_padded_equal_each_sequence_alone(model_type, tmp_path):
     plain = AutoModelForCausalLM.from_pretrained(path).eval()
     seqs = sequences()
     expected = [alone_logps(plain, p, c) for p, c in seqs]
-    batches = [collate(seqs, 0)] + ([pack(seqs, 0, capacity=64)] if packs_exactly(model) else [])
+    batches = [collate(seqs, 0)] + ([pack(seqs, 0)] if packs_exactly(model) else [])
     scorer = CausalLMScorer(model)
     with torch.no_grad():
         for batch in batches:
@@ -97,7 +97,7 @@ def test_rewards_packed_equal_each_sequence_alone(model_type, tmp_path):
     plain = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).eval()
     seqs = sequences(1)
     with torch.no_grad():
-        rewards = RewardScorer(model)(**rm_inputs(pack(seqs, 0, capacity=64)))
+        rewards = RewardScorer(model)(**rm_inputs(pack(seqs, 0)))
         expected = torch.cat([plain(input_ids=torch.tensor([p + c])).logits[:, 0] for p, c in seqs])
     torch.testing.assert_close(rewards, expected, atol=1e-5, rtol=1e-5)
 

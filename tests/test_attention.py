@@ -53,8 +53,8 @@ def layout(batch):
 
 @pytest.mark.parametrize("kv_heads,long,window", [(4, 0, None), (2, 0, None), (2, 700, None), (4, 300, 24)])
 def test_packed_attention_equals_each_sequence_alone(kv_heads, long, window):
-    batch = pack(random_sequences(0, long=long), 0, capacity=64)
-    assert batch["input_ids"].shape[0] > 1 and (batch["segments"] < 0).any()   # several rows, some row padding
+    batch = pack(random_sequences(0, long=long), 0)
+    assert batch["input_ids"].shape[0] == 1 and (batch["segments"] < 0).any()  # one row, padded to a multiple of 64
     assert batch["input_ids"].shape[1] % 64 == 0                               # shapes that repeat
     assert all(slot in SLOT_LENGTHS for _, slot in batch["groups"]) and len(batch["groups"]) > 1
     if long:   # the long sequence has its own slot: the short ones are not padded to its length
@@ -80,7 +80,7 @@ def test_packed_attention_equals_each_sequence_alone(kv_heads, long, window):
 
 @pytest.mark.parametrize("long", [200, 900])   # bfloat16 slots: matmul attention ≤ 512 tokens, fused SDPA above
 def test_packed_attention_in_bfloat16_is_close_to_float64(long):
-    batch = pack(random_sequences(3, long=long), 0, capacity=64)
+    batch = pack(random_sequences(3, long=long), 0)
     rows, length = batch["input_ids"].shape
     g = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(rows, 4, length, 16, dtype=torch.float64, generator=g) for _ in range(3))
@@ -94,7 +94,7 @@ def test_packed_attention_in_bfloat16_is_close_to_float64(long):
 def test_select_gradient_is_the_inverse_gather():
     """Entries without a counterpart (slots past a sequence's end, row padding) carry no gradient;
     on the rest, the inverse gather is the exact gradient."""
-    batch = pack(random_sequences(2, long=150), 0, capacity=64)
+    batch = pack(random_sequences(2, long=150), 0)
     gather, scatter = batch["gather"], batch["scatter"].reshape(-1)
     for index, inverse in ((gather, scatter), (scatter, gather)):
         real = (index < len(inverse)).double()[:, None]
@@ -109,7 +109,7 @@ def test_model_gradients_equal_block_diagonal_attention(tiny_model):
     its block-diagonal mask, outputs and every parameter's gradient (float64; eager attention would
     not do as the reference: it takes its softmax in float32)."""
     from transformers import AutoModelForCausalLM
-    batch = pack([([1, 5, 9, 13][:n % 4 + 1], list(range(20, 20 + 3 * n))) for n in range(1, 9)], 0, capacity=48)
+    batch = pack([([1, 5, 9, 13][:n % 4 + 1], list(range(20, 20 + 3 * n))) for n in range(1, 9)], 0)
     outs, grads = {}, {}
     for impl in ("sdpa", ATTENTION):
         model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float64, attn_implementation=impl)
@@ -160,7 +160,7 @@ def test_reward_scorer_runs_the_last_mlp_at_last_tokens_only(tiny_model):
     token only; values and every gradient equal the full forward's (float64)."""
     from preftune.models import RewardScorer, load_reward_model, rm_inputs
     from preftune.models.logprobs import classifier_outputs
-    batch = pack(random_sequences(3, n=9), 0, capacity=64)
+    batch = pack(random_sequences(3, n=9), 0)
     model = load_reward_model(tiny_model, pad_token_id=0).double()
     rows_seen = []
     hook = model.model.layers[-1].mlp.register_forward_hook(lambda m, args, out: rows_seen.append(args[0].shape))

@@ -66,8 +66,8 @@ def test_trl_style_keys_get_ours_suggested(tmp_path, capsys):
     path.write_text("num_train_epochs: 2\ngradient_accumulation_steps: 4\nbf16: true\nbetaa: 0.2\n")
     assert main(["dpo", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    for hint in ("num_train_epochs (did you mean --epochs?)", "gradient_accumulation_steps (did you mean --grad_accum?)",
-                 "bf16 (did you mean --dtype bfloat16?)", "betaa (did you mean --beta?)"):
+    for hint in ("num_train_epochs (did you mean epochs?)", "gradient_accumulation_steps (did you mean grad_accum?)",
+                 "bf16 (did you mean dtype: bfloat16?)", "betaa (did you mean beta?)"):   # YAML keys, YAML answers
         assert hint in err
 
 

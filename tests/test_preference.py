@@ -107,15 +107,16 @@ def test_dpo_learns_preference_and_margin_grows(tiny_model, tmp_path):
 def test_precomputed_reference_matches_live(tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "prefs.jsonl", pairs(40))
     curves = {}
+    schedule = ["--lr", "1e-3", "--lr_scheduler", "constant", "--save_steps", "3"]
     for ref in ("model", "precomputed"):
         out = tmp_path / ref
-        assert main(["dpo", *common(tiny_model, data, out, "--max_steps", "6", "--lr", "1e-3", "--ref", ref)]) == 0
+        assert main(["dpo", *common(tiny_model, data, out, "--max_steps", "6", "--ref", ref, *schedule)]) == 0
         curves[ref] = [r["loss"] for r in metrics(out)]
     assert max(abs(a - b) for a, b in zip(curves["model"], curves["precomputed"])) <= 1e-5
     assert (tmp_path / "precomputed" / "ref_logps_train.safetensors").exists()
     # resuming reuses the cache rather than recomputing
     before = (tmp_path / "precomputed" / "ref_logps_train.safetensors").stat().st_mtime_ns
-    assert main(["dpo", *common(tiny_model, data, tmp_path / "precomputed", "--max_steps", "8", "--lr", "1e-3",
+    assert main(["dpo", *common(tiny_model, data, tmp_path / "precomputed", "--max_steps", "8", *schedule,
                                 "--ref", "precomputed", "--resume", "true")]) == 0
     assert (tmp_path / "precomputed" / "ref_logps_train.safetensors").stat().st_mtime_ns == before
 

@@ -55,8 +55,34 @@ def test_unpaired_rows(tmp_path):
     with pytest.raises(DataError, match=r"are unpaired preference rows: they train with `preftune kto`"):
         detect_kind(rows, "u", ("preference", "ranking"))
     assert validate(rows[0], "unpaired")["label"] is True
+    for text, value in (("yes", True), ("False", False), ("0", False)):   # CSV cells are text
+        assert validate(Row("u", 2, {"prompt": "a", "completion": " b", "label": text}), "unpaired")["label"] is value
     with pytest.raises(DataError, match="field 'label': expected true or false"):
-        validate(Row("u", 2, {"prompt": "a", "completion": " b", "label": "yes"}), "unpaired")
+        validate(Row("u", 3, {"prompt": "a", "completion": " b", "label": "maybe"}), "unpaired")
+
+
+def test_hh_rows_that_part_before_the_last_turn_and_identical_pairs_are_bad_rows():
+    early = {"chosen": "\n\nHuman: A\n\nAssistant: B\n\nHuman: C1\n\nAssistant: D1",
+             "rejected": "\n\nHuman: A\n\nAssistant: B\n\nHuman: C2\n\nAssistant: D2"}
+    with pytest.raises(DataError, match="differ before their last assistant turn.*'Human:'"):
+        validate(Row("hh", 4, early), "preference")
+    with pytest.raises(DataError, match="field 'rejected': the same completion as chosen"):
+        validate(Row("p", 5, {"prompt": "a", "chosen": " b", "rejected": " b"}), "preference")
+
+
+def test_csv_cells_are_text_and_single_json_objects_are_rows(tmp_path):
+    (tmp_path / "math.csv").write_text("prompt,completion,label,margin\n2+2=,4,true,1.5\nhi,,no,\n")
+    rows = load_rows(str(tmp_path / "math.csv"))
+    assert rows[0].data == {"prompt": "2+2=", "completion": "4", "label": "true", "margin": "1.5"}
+    assert rows[1].data["completion"] is None and rows[1].number == 2          # an empty cell is a missing value
+    assert validate(rows[0], "unpaired") == {"prompt": "2+2=", "completion": "4", "label": True}
+    assert validate(Row("c", 1, {"prompt": "a", "chosen": " b", "rejected": " c", "margin": "1.5"}),
+                    "preference")["margin"] == 1.5
+    (tmp_path / "one.json").write_text(json.dumps({"prompt": "a", "completion": " b"}))
+    assert [r.data for r in load_rows(str(tmp_path / "one.json"))] == [{"prompt": "a", "completion": " b"}]
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="empty.jsonl: the file holds no rows"):
+        load_rows(str(tmp_path / "empty.jsonl"))
 
 
 @pytest.mark.slow

@@ -63,14 +63,29 @@ def test_resume_without_checkpoint_starts_clean_and_checks_settings(tiny_model, 
     assert steps(out) == [1, 2, 3]
 
     ck = tmp_path / "ck"
-    assert main(sft(tiny_model, data, ck, "--max_steps", "4", "--save_steps", "2")) == 0
-    assert main(sft(tiny_model, data, ck, "--max_steps", "6", "--resume", "--lr", "5e-4")) == 2
+    constant = ["--lr_scheduler", "constant", "--save_steps", "2"]
+    assert main(sft(tiny_model, data, ck, "--max_steps", "4", *constant)) == 0
+    before = (ck / "summary.json").read_text(), (ck / "config.yaml").read_text()
+    assert main(sft(tiny_model, data, ck, "--max_steps", "6", "--resume", "--lr", "5e-4", *constant)) == 2
     err = capsys.readouterr().err
     assert "was made with other settings: --lr 0.001 → 0.0005" in err
     other = write_jsonl(tmp_path / "other.jsonl", ROWS[::-1][:6])
-    assert main(sft(tiny_model, other, ck, "--max_steps", "6", "--resume")) == 2
+    assert main(sft(tiny_model, other, ck, "--max_steps", "6", "--resume", *constant)) == 2
     assert "the training data (its tokenised rows differ)" in capsys.readouterr().err
-    assert main(sft(tiny_model, data, ck, "--max_steps", "6", "--resume", "--save_steps", "3")) == 0   # may change
+    assert main(sft(tiny_model, str(tmp_path / "missing.jsonl"), ck, "--max_steps", "6", "--overwrite", *constant)) == 2
+    assert ((ck / "summary.json").read_text(), (ck / "config.yaml").read_text()) == before   # refused: untouched
+    assert main(sft(tiny_model, data, ck, "--max_steps", "6", "--resume", "--lr_scheduler", "constant",
+                    "--save_steps", "3")) == 0                                  # a longer run, same schedule
+    assert steps(ck) == list(range(1, 7)) and "resumed from" in capsys.readouterr().out
+
+    cosine = tmp_path / "cosine"
+    assert main(sft(tiny_model, data, cosine, "--max_steps", "4", "--save_steps", "2")) == 0
+    assert main(sft(tiny_model, data, cosine, "--max_steps", "6", "--save_steps", "2", "--resume")) == 2
+    assert "the run's length, 4 → 6 steps (its cosine learning-rate schedule" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    assert main(sft(tiny_model, data, plain, "--max_steps", "2")) == 0
+    assert main(sft(tiny_model, data, plain, "--max_steps", "2", "--resume")) == 2
+    assert "finished and kept no checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -80,12 +95,12 @@ def test_resume_falls_back_past_an_unreadable_checkpoint(tiny_model, tmp_path, c
     args = ["--max_steps", "8", "--save_steps", "2", "--keep_checkpoints", "3"]
     assert main(sft(tiny_model, data, full, *args)) == 0
     assert main(sft(tiny_model, data, broken, *args)) == 0
-    weights = broken / "checkpoints" / "step-6" / "model.safetensors"
+    weights = broken / "checkpoints" / "step-8" / "model.safetensors"   # the last step's checkpoint
     weights.write_bytes(weights.read_bytes()[:100])
     capsys.readouterr()
     assert main(sft(tiny_model, data, broken, *args, "--resume")) == 0
     captured = capsys.readouterr()
-    assert f"checkpoint {weights.parent} is unreadable" in captured.err and "step-4 (step 4)" in captured.out
+    assert f"checkpoint {weights.parent} is unreadable" in captured.err and "step-6 (step 6)" in captured.out
     assert steps(broken) == list(range(1, 9))
     a, b = (json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])["loss"] for d in (full, broken))
     assert a == pytest.approx(b, abs=1e-6)

@@ -53,6 +53,7 @@ def test_loss_names_are_the_losses():
     (["--eval_fraction", "1"], "--eval_fraction"), (["--eval_fraction", "-0.1"], "--eval_fraction"),
     (["--loss", "robust", "--label_smoothing", "0.5"], "--label_smoothing"),
     (["--label_smoothing", "0.7"], "--label_smoothing"), (["--lr", "0"], "--lr"), (["--loss", "nope"], "--loss"),
+    (["--seed", "-1"], "--seed"), (["--adam_betas", "[1.5, 0.9]"], "--adam_betas"),
 ])
 def test_values_that_cannot_be_right_are_refused(argv, option, tmp_path, capsys):
     code, err = run(capsys, "dpo", "--model", "unused", "--data", str(tmp_path / "x.jsonl"),
@@ -126,9 +127,26 @@ def test_eval_data_from_a_folder_is_its_test_split_and_never_training_rows(tiny_
                "--output_dir", str(tmp_path / "a"))[0] == 0
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert (summary["train_examples"], summary["eval_examples"]) == (6, 2)
-    code, err = run(capsys, "dpo", *args, "--data", str(folder / "train.jsonl"), "--eval_data",
-                    str(folder / "train.jsonl"), "--output_dir", str(tmp_path / "b"))
-    assert code == 2 and "--eval_data reads training file(s) of --data" in err
+    (tmp_path / "link.jsonl").symlink_to(folder / "train.jsonl")
+    for same in (folder / "train.jsonl", tmp_path / "link.jsonl"):      # the same file by another path too
+        code, err = run(capsys, "dpo", *args, "--data", str(folder / "train.jsonl"), "--eval_data", str(same),
+                        "--output_dir", str(tmp_path / "b"))
+        assert code == 2 and "--eval_data reads training file(s) of --data" in err
+    code, err = run(capsys, "dpo", *args, "--data", str(folder / "train.jsonl"), "--eval_fraction", "0.99",
+                    "--output_dir", str(tmp_path / "c"))
+    assert code == 2 and "all 6 usable rows went to evaluation (--eval_fraction 0.99)" in err
+
+
+def test_model_folders_are_named_plainly(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [PAIR] * 2)
+    (tmp_path / "notamodel").mkdir()
+    for model, message in ((tmp_path / "notamodel", "not a model folder (no config.json)"),
+                           (tmp_path / "nothing", "no such model folder")):
+        code, err = run(capsys, "dpo", "--model", str(model), "--data", data, "--output_dir", str(tmp_path / "r"))
+        assert code == 2 and message in err
+    code, err = run(capsys, "dpo", "--model", str(tmp_path / "notamodel"), "--data", data,
+                    "--output_dir", str(tmp_path / "r2"))
+    assert not (tmp_path / "r2" / "config.yaml").exists()      # nothing of a run is written before training
 
 
 def test_reference_with_another_tokenizer_is_refused(tiny_model, tmp_path, capsys):

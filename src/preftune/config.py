@@ -151,7 +151,7 @@ class TrainConfig(DataConfig, ModelConfig):
     lr_scheduler: str = opt("cosine", "decay after warm-up", ["cosine", "linear", "constant"])
     warmup_steps: int = opt(0, "linear warm-up steps", bounds=NON_NEGATIVE)
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 = off)", bounds=NON_NEGATIVE)
-    seed: int = opt(0, "seed for weights, data order and sampling")
+    seed: int = opt(0, "seed for weights, data order and sampling", bounds="[0, 4294967295]")
     log_steps: int = opt(1, "write metrics every N steps", bounds=AT_LEAST_ONE)
     eval_steps: int = opt(0, "evaluate every N steps (0 = only at the end)", bounds=NON_NEGATIVE)
     save_steps: int = opt(0, "checkpoint every N steps (0 = no intermediate checkpoints)", bounds=NON_NEGATIVE)
@@ -171,6 +171,8 @@ class TrainConfig(DataConfig, ModelConfig):
             raise ValueError("give --max_steps or --epochs, not both")
         if self.resume and self.overwrite:
             raise ValueError("give --resume or --overwrite, not both")
+        if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"--adam_betas must be two numbers in [0, 1); got {self.adam_betas!r}")
 
 
 @dataclass
@@ -295,13 +297,16 @@ TRL_NAMES = {"learning_rate": "lr", "per_device_train_batch_size": "batch_size",
              "dataset_num_proc": "threads", "ref_model_name_or_path": "ref_model"}
 
 
-def did_you_mean(key: str, names) -> str:
-    """" (did you mean --lr?)" for a TRL-style or misspelt key, else ""."""
+def did_you_mean(key: str, names, *, yaml_key: bool = False) -> str:
+    """" (did you mean --lr?)" for a TRL-style or misspelt flag (" (did you mean lr?)" for a YAML
+    key), else ""."""
     key = key.lstrip("-").split("=")[0]
     ours = TRL_NAMES.get(key)
     if ours is None or ours.split()[0] not in names:
         ours = next(iter(difflib.get_close_matches(key, names, n=1, cutoff=0.75)), None)
-    return f" (did you mean --{ours}?)" if ours else ""
+    if not ours:
+        return ""
+    return f" (did you mean {ours.replace(' ', ': ')}?)" if yaml_key else f" (did you mean --{ours}?)"
 
 
 def build_config(cls, args: argparse.Namespace | dict):
@@ -317,12 +322,13 @@ def build_config(cls, args: argparse.Namespace | dict):
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of config keys")
         values.update(loaded)
-    values.update({k: v for k, v in given.items() if k not in ("command", "debug")})
+    flags = {k: v for k, v in given.items() if k not in ("command", "debug")}
+    values.update(flags)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown config key(s) for {cls.__name__}: "
-                         f"{', '.join(k + did_you_mean(k, names) for k in unknown)}")
+                         f"{', '.join(k + did_you_mean(k, names, yaml_key=k not in flags) for k in unknown)}")
     return cls(**values)
 
 

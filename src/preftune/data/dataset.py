@@ -1,6 +1,7 @@
 """From a data source to tokenised examples: load, detect the kind, validate, render, tokenise."""
 from __future__ import annotations
 
+import os
 import random
 
 from .errors import BadRows, DataError
@@ -44,7 +45,7 @@ def build_examples(cfg, tokenizer, expect: tuple[str, ...], bad: BadRows, *, mar
     evals = []
     if cfg.eval_data:
         eval_rows = load_rows(cfg.eval_data, split=EVAL_SPLITS, columns=cfg.columns, bad=bad)
-        shared = sorted({r.source for r in eval_rows} & {r.source for r in rows})
+        shared = sorted({os.path.realpath(r.source) for r in eval_rows} & {os.path.realpath(r.source) for r in rows})
         if shared:
             raise DataError(cfg.eval_data, None, None, f"--eval_data reads training file(s) of --data: "
                                                        f"{', '.join(shared)}", kind="invalid")
@@ -57,6 +58,9 @@ def build_examples(cfg, tokenizer, expect: tuple[str, ...], bad: BadRows, *, mar
         train = [train[i] for i in sorted(order[n_eval:])]
     if truncated is not None:
         truncated.update(encoder.truncated)
+    if not train and evals:
+        raise DataError(cfg.data, None, None, f"all {len(evals)} usable rows went to evaluation (--eval_fraction "
+                                              f"{cfg.eval_fraction})", kind="empty_dataset")
     if not train:
         raise DataError(cfg.data, None, None,
                         f"no usable rows ({bad.summary()['skipped_rows']} skipped; see rejected_rows.jsonl)",

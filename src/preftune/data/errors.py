@@ -39,10 +39,12 @@ class BadRows:
         self.rejected.append({"source": str(err.source), "row": err.row, "field": err.field,
                               "kind": err.kind, "reason": err.reason, "data": err.raw})
 
-    def write(self, run_dir: Path) -> None:
+    def write(self, run_dir: Path, name: str = "rejected_rows.jsonl") -> None:
+        """The skipped rows, whole; a file left by an earlier run that skipped rows goes."""
         if not self.rejected:
+            (run_dir / name).unlink(missing_ok=True)
             return
-        with open(run_dir / "rejected_rows.jsonl", "w", encoding="utf-8") as f:
+        with open(run_dir / name, "w", encoding="utf-8") as f:
             for rec in self.rejected:
                 f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
 

@@ -2,8 +2,8 @@
 datasets.
 
 JSONL is parsed line by line so that a bad line is named by its number (and, with
-``on_bad_row=skip``, kept whole); Parquet and CSV go through ``datasets``. A leading UTF-8 byte-order
-mark is accepted.
+``on_bad_row=skip``, kept whole); CSV is read with the standard library (every value a string),
+Parquet through ``datasets``. A leading UTF-8 byte-order mark is accepted.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def _read_jsonl(path: Path, bad: BadRows) -> list[Row]:
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                data = json.loads(line.strip())
             except json.JSONDecodeError as e:
                 bad.handle(DataError(path, number, None, f"not valid JSON ({e.msg}, column {e.colno})",
                                      kind="invalid_json", raw=line.rstrip("\n"), row_label="line"))
@@ -83,8 +83,10 @@ def _read_json(path: Path, bad: BadRows) -> list[Row]:
     except json.JSONDecodeError:
         # Many ".json" files are really JSON lines.
         return _read_jsonl(path, bad)
-    if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
         data = data.get("data", data.get("train", data))
+    if isinstance(data, dict):   # a single object: one row (as one line of JSON lines would be)
+        data = [data]
     if not isinstance(data, list):
         raise DataError(path, None, None, "expected a JSON array of objects (or JSON lines)")
     rows = []
@@ -97,21 +99,31 @@ def _read_json(path: Path, bad: BadRows) -> list[Row]:
     return rows
 
 
-def _read_with_datasets(path: Path, fmt: str) -> list[Row]:
+def _read_csv(path: Path) -> list[Row]:
+    """CSV through the standard library: every value a string (numbers in text columns stay text; the
+    schema parses the numeric fields), an empty cell a missing value, rows numbered from 1 after the
+    header."""
+    import csv
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):   # name the line of bad bytes
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(path, number, None, f"not valid UTF-8 ({e.reason} at byte {e.start})",
+                            kind="invalid_utf8", row_label="line") from None
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        try:
+            return [Row(str(path), i, {k: (v if v != "" else None) for k, v in r.items() if k is not None})
+                    for i, r in enumerate(csv.DictReader(f), start=1)]
+        except csv.Error as e:
+            raise DataError(path, None, None, f"not valid CSV ({e})") from None
+
+
+def _read_parquet(path: Path) -> list[Row]:
     import datasets
-    if fmt == "csv":
-        # Validate the encoding first: pandas' error names neither row nor field.
-        for number, raw in enumerate(path.read_bytes().splitlines(), start=0):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(path, number, None, f"not valid UTF-8 ({e.reason} at byte {e.start})",
-                                kind="invalid_utf8") from None
     try:
-        ds = datasets.load_dataset(fmt, data_files=str(path), split="train",
-                                   **({"encoding": "utf-8-sig"} if fmt == "csv" else {}))
+        ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
     except Exception as e:  # noqa: BLE001 - the library's message is what the user needs
-        raise DataError(path, None, None, f"could not read as {fmt}: {e}") from e
+        raise DataError(path, None, None, f"could not read as parquet: {e}") from e
     return [Row(str(path), i, dict(r)) for i, r in enumerate(ds, start=1)]
 
 
@@ -122,12 +134,16 @@ def _read_file(path: Path, bad: BadRows) -> list[Row]:
         raise DataError(path, None, None, f"unknown format {suffix!r}; use one of {', '.join(FORMATS)}")
     try:
         if fmt.startswith(".jsonl"):
-            return _read_jsonl(path, bad)
-        if fmt.startswith(".json"):
-            return _read_json(path, bad)
+            rows = _read_jsonl(path, bad)
+        elif fmt.startswith(".json"):
+            rows = _read_json(path, bad)
+        else:
+            rows = _read_csv(path) if fmt == ".csv" else _read_parquet(path)
     except (OSError, EOFError, zlib.error) as e:   # a truncated or corrupt gzip stream
         raise DataError(path, None, None, f"could not read: {e}") from None
-    return _read_with_datasets(path, fmt[1:])
+    if not rows and not bad.rejected:
+        raise DataError(path, None, None, "the file holds no rows", kind="empty_dataset")
+    return rows
 
 
 def _read_hub(name: str, split: str) -> list[Row]:

@@ -57,9 +57,9 @@ def detect_kind(rows: list[Row], source: str, expect: tuple[str, ...]) -> str:
             if kind in KIND_HINTS:
                 raise DataError(source, None, None, f"these rows ({', '.join(needed)}) are {KIND_HINTS[kind]}; "
                                                     f"this command needs {wanted}", kind="wrong_kind")
-    raise DataError(source, None, ", ".join(sorted(columns)) or None,
-                    f"missing required column(s): this command needs {wanted}; "
-                    "map other names with --columns '{theirs: ours}'", kind="missing_column")
+    raise DataError(source, None, None, f"missing required column(s): this command needs {wanted}, the rows have "
+                                        f"{', '.join(sorted(columns)) or 'none'}; map other names with --columns "
+                                        "'{theirs: ours}'", kind="missing_column")
 
 
 def _messages(row: Row, field: str, value) -> list[dict]:
@@ -113,6 +113,11 @@ def _implicit_prompt(row: Row, chosen, rejected):
         ends = [shared.rfind(m) + len(m) for m in ASSISTANT_MARKERS if m in shared]
         if ends:
             n = max(ends)
+            for field, text in (("chosen", chosen), ("rejected", rejected)):
+                later = [m for m in ("\n\nHuman:", "\n\nAssistant:") if m in text[n:]]
+                if later:   # the transcripts part before their last turn: the completion would hold more turns
+                    raise row.error(field, f"chosen and rejected differ before their last assistant turn (the "
+                                           f"completion would contain {later[0].strip()!r})", "invalid")
         elif 0 < n < min(len(chosen), len(rejected)) and chosen[n - 1] == " ":
             n -= 1   # the space starts the completion
         if n == 0:
@@ -158,10 +163,7 @@ def validate(row: Row, kind: str) -> dict:
                              {"completion": _text_or_messages(row, "completion", completion=True)})
         out["prompt"] = prompt
         if kind == "unpaired":
-            label = d.get("label")
-            if label not in (True, False, 0, 1) or isinstance(label, float):
-                raise row.error("label", f"expected true or false, got {label!r}", "wrong_type")
-            out["label"] = bool(label)
+            out["label"] = _label(row, d.get("label"))
         return out
     if kind == "messages":
         msgs = _messages(row, "messages", d.get("messages"))
@@ -181,6 +183,9 @@ def validate(row: Row, kind: str) -> dict:
         else:
             prompt = _text_or_messages(row, "prompt", completion=False)
         prompt, sides = _align(row, prompt, {"chosen": chosen, "rejected": rejected})
+        if sides["chosen"] == sides["rejected"]:
+            raise row.error("rejected", "the same completion as chosen: the pair states no preference",
+                            "identical_completions")
         out = {"prompt": prompt, **sides}
         if d.get("margin") is not None:
             out["margin"] = _finite_number(row, "margin", d["margin"])
@@ -218,8 +223,28 @@ def _ranking(row: Row, k: int) -> list[int]:
 
 
 def _finite_number(row: Row, field: str, value) -> float:
+    """A number (a numeric string too: CSV cells are text)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise row.error(field, f"expected a number, got the text {value!r}", "wrong_type") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise row.error(field, f"expected a number, got {type(value).__name__}", "wrong_type")
     if not math.isfinite(value):
         raise row.error(field, f"expected a finite number, got {value}", "not_finite")
     return float(value)
+
+
+LABELS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _label(row: Row, value) -> bool:
+    """An unpaired row's label: a boolean, 0/1, or the text true/false/yes/no/1/0 (CSV cells are text)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in LABELS:
+        return LABELS[value.strip().lower()]
+    raise row.error("label", f"expected true or false (or 1/0, yes/no), got {value!r}", "wrong_type")

@@ -49,9 +49,10 @@ class Encoder:
 
     The completion is what a sequence adds after the longest prefix that every sequence of the row
     shares with the prompt (tokens can merge across the boundary). Truncation: the prompt is cut to
-    ``max_prompt_length`` (from the left by default, keeping a leading BOS), then each completion so
-    that prompt + completion ≤ ``max_length``; a completion cut away entirely is an error.
-    ``truncated`` counts the rows and tokens cut."""
+    ``max_prompt_length`` (from the left by default, keeping a leading special token: BOS, [CLS]),
+    then each completion so that prompt + completion ≤ ``max_length``, keeping the special token an
+    encoder's tokenizer closes every text with ([SEP], </s>); a completion cut away entirely is an
+    error. ``truncated`` counts the rows and tokens cut."""
 
     def __init__(self, tokenizer, max_length: int, max_prompt_length: int, truncation_side: str = "left"):
         self.tok = tokenizer
@@ -59,6 +60,9 @@ class Encoder:
         self.truncation_side = truncation_side
         self.truncated = {"prompt_rows": 0, "prompt_tokens": 0, "completion_rows": 0, "completion_tokens": 0}
         self._warned = False
+        self.special = set(tokenizer.all_special_ids)
+        probe = tokenizer("a")["input_ids"]   # a closing special token the tokenizer adds to every text
+        self.closing = probe[-1] if len(probe) > 1 and probe[-1] in self.special else None
 
     def _ids(self, text: str, prompt) -> list[int]:
         """Ids of rendered text; the model's own chat template writes every special token itself."""
@@ -80,7 +84,7 @@ class Encoder:
         self.truncated["prompt_tokens"] += len(ids) - limit
         if self.truncation_side == "right":
             return ids[:limit]
-        keep = 1 if ids[0] == self.tok.bos_token_id and limit > 1 else 0
+        keep = 1 if ids[0] in self.special and limit > 1 else 0
         return ids[:keep] + ids[len(ids) - (limit - keep):]
 
     def encode_parts(self, prompt, completions: list) -> tuple[str, list[int], list[list[int]]]:
@@ -90,7 +94,7 @@ class Encoder:
         sequences = [self._sequence(prompt, c) for c in completions]
         shared = min([common_prefix(prompt_ids, s) for s in sequences], default=len(prompt_ids))
         # (an encoder's tokenizer ends the prompt alone with its [SEP]: special tokens there are no divergence)
-        merged = set(prompt_ids[shared:]) - set(self.tok.all_special_ids)
+        merged = set(prompt_ids[shared:]) - self.special
         if merged and not self._warned:
             self._warned = True
             warnings.warn(f"the tokenised prompt is not a prefix of the tokenised prompt + completion (tokens merge "
@@ -103,9 +107,11 @@ class Encoder:
         for s in sequences:
             completion = s[shared:]
             if len(completion) > room:
-                self.truncated["completion_rows"] += 1
                 self.truncated["completion_tokens"] += len(completion) - room
-            cut.append(completion[:room])
+                close = completion[-1] == self.closing and room > 1
+                completion = completion[:room - 1] + completion[-1:] if close else completion[:room]
+            cut.append(completion)
+        self.truncated["completion_rows"] += any(len(s) - shared > room for s in sequences)
         return prompt_text, prompt_ids, cut
 
     def encode(self, row: Row, example: dict) -> dict:
@@ -165,74 +171,53 @@ def slot_length(n: int) -> int:
     return next((s for s in SLOT_LENGTHS if n <= s), round_up(n, 256))
 
 
-def pack(sequences: list[tuple[list[int], list[int]]], pad_id: int, *, capacity: int = 256,
-         train_on_prompt: bool = False) -> dict:
-    """Padding-free batch: (prompt, completion) sequences packed first-fit-decreasing into rows of
-    ≤ max(capacity, longest) tokens. ``position_ids`` restart at 0 for each sequence (and for each
-    row's padding tail). ``segments`` gives each position's sequence index (−1 for padding) and
-    ``last_index`` each sequence's last token as a flat index into the rows, in input order.
+def pack(sequences: list[tuple[list[int], list[int]]], pad_id: int, *, train_on_prompt: bool = False) -> dict:
+    """Padding-free batch: the (prompt, completion) sequences one after another in a single row,
+    padded only to a multiple of 64 tokens (attention never crosses sequences, see below, so rows
+    would only add padding). ``position_ids`` restart at 0 for each sequence (and for the padding
+    tail). ``segments`` gives each position's sequence index (−1 for padding) and ``last_index``
+    each sequence's last token as a flat index into the row, in input order.
 
-    ``gather``, ``scatter`` and ``groups`` map between the rows and right-padded attention slots for
+    ``gather``, ``scatter`` and ``groups`` map between the row and right-padded attention slots for
     ``models.attention``: sequences are grouped by slot length (``slot_length``), ``groups`` holds
     each group's (sequences, slot length), ``gather`` (S,) the flat row position of every slot
-    token, group after group, and ``scatter`` (rows, T) each row position's index into those S slot
+    token, group after group, and ``scatter`` (1, T) each row position's index into those S slot
     tokens; a position with no counterpart (a slot past its sequence's end, row padding) holds the
-    one-past-the-end index (rows·T, resp. S).
+    one-past-the-end index (T, resp. S).
 
     Shapes repeat from batch to batch: T is rounded up to a multiple of 64, slots come from a short
     ladder. On CPU, oneDNN builds a kernel for every new bf16 matmul shape (measured 3-13 ms each,
     against 1-2 ms for the matmul itself), so batches whose shapes all differ would pay that in
     every step."""
     lengths = [len(p) + len(c) for p, c in sequences]
-    width = max(capacity, max(lengths))
-    order = sorted(range(len(sequences)), key=lambda i: -lengths[i])
-    rows: list[list[int]] = []
-    used: list[int] = []
-    for i in order:
-        for r, u in enumerate(used):
-            if u + lengths[i] <= width:
-                rows[r].append(i)
-                used[r] += lengths[i]
-                break
-        else:
-            rows.append([i])
-            used.append(lengths[i])
-    length = round_up(max(used), 64)
-    shape = (len(rows), length)
-    input_ids = torch.full(shape, pad_id, dtype=torch.long)
-    labels = torch.full(shape, IGNORE, dtype=torch.long)
-    segments = torch.full(shape, -1, dtype=torch.long)
-    position_ids = torch.zeros(shape, dtype=torch.long)
-    last_index = torch.zeros(len(sequences), dtype=torch.long)
-    starts = {}   # sequence -> flat row position of its first token
-    for r, members in enumerate(rows):
-        at = 0
-        for i in members:
-            p, c = sequences[i]
-            ids, n = p + c, lengths[i]
-            input_ids[r, at:at + n] = torch.tensor(ids)
-            start = 1 if train_on_prompt else len(p)
-            labels[r, at + start:at + n] = torch.tensor(ids[start:])
-            segments[r, at:at + n] = i
-            position_ids[r, at:at + n] = torch.arange(n)
-            starts[i] = r * length + at
-            last_index[i] = starts[i] + n - 1
-            at += n
-        position_ids[r, at:] = torch.arange(length - at)
+    length = round_up(sum(lengths), 64)
+    input_ids = torch.full((1, length), pad_id, dtype=torch.long)
+    labels = torch.full((1, length), IGNORE, dtype=torch.long)
+    segments = torch.full((1, length), -1, dtype=torch.long)
+    position_ids = torch.zeros((1, length), dtype=torch.long)
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    for i, ((p, c), at, n) in enumerate(zip(sequences, starts, lengths)):
+        ids = p + c
+        input_ids[0, at:at + n] = torch.tensor(ids)
+        start = 1 if train_on_prompt else len(p)
+        labels[0, at + start:at + n] = torch.tensor(ids[start:])
+        segments[0, at:at + n] = i
+        position_ids[0, at:at + n] = torch.arange(n)
+    position_ids[0, sum(lengths):] = torch.arange(length - sum(lengths))
     slots = sorted({slot_length(n) for n in lengths})
     groups = tuple((sum(slot_length(n) == s for n in lengths), s) for s in slots)
     total = sum(n * s for n, s in groups)
-    gather = torch.full((total,), shape[0] * shape[1], dtype=torch.long)
-    scatter = torch.full((shape[0] * shape[1],), total, dtype=torch.long)
+    gather = torch.full((total,), length, dtype=torch.long)
+    scatter = torch.full((length,), total, dtype=torch.long)
     at = 0
     for s in slots:
         for i in (i for i in range(len(sequences)) if slot_length(lengths[i]) == s):
-            n = lengths[i]
-            gather[at:at + n] = starts[i] + torch.arange(n)
-            scatter[starts[i]:starts[i] + n] = at + torch.arange(n)
+            gather[at:at + lengths[i]] = starts[i] + torch.arange(lengths[i])
+            scatter[starts[i]:starts[i] + lengths[i]] = at + torch.arange(lengths[i])
             at += s
+    last_index = torch.tensor([a + n - 1 for a, n in zip(starts, lengths)])
     return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "segments": segments,
-            "last_index": last_index, "gather": gather, "scatter": scatter.view(shape), "groups": groups}
+            "last_index": last_index, "gather": gather, "scatter": scatter.view(1, length), "groups": groups}
 
 
 def batch_sequences(sequences, pad_id: int, *, packing: bool, train_on_prompt: bool = False) -> dict:

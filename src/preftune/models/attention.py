@@ -65,8 +65,8 @@ class _Select(torch.autograd.Function):
     ``inverse``; entries without a counterpart hold one past the end in both. Those entries of y
     read an arbitrary row, and their gradient must be zero (true here: they are slots past a
     sequence's end, or row padding, which no real output depends on). The gradient is then
-    [g; 0][inverse], a second gather, where autograd's backward of indexing would be a slow
-    accumulating scatter."""
+    [g; 0][inverse], a second gather (zeroed where inverse has no counterpart), where autograd's
+    backward of indexing would be a slow accumulating scatter."""
 
     @staticmethod
     def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
@@ -76,8 +76,8 @@ class _Select(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (inverse,) = ctx.saved_tensors
-        padded = torch.cat([grad, grad.new_zeros(1, *grad.shape[1:])])
-        return padded.index_select(0, inverse), None, None
+        missing = (inverse >= len(grad)).view(-1, *([1] * (grad.dim() - 1)))
+        return grad.index_select(0, inverse.clamp(max=len(grad) - 1)).masked_fill_(missing, 0), None, None
 
 
 def packed_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,

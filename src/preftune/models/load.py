@@ -13,8 +13,13 @@ from .attention import ATTENTION
 
 
 def _source(name: str) -> str:
-    """A model folder, or a hub name; a path that does not exist is an error in plain words."""
-    if not Path(name).expanduser().exists() and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
+    """A model folder, or a hub name ("org/model"); a path that does not exist (or whose folder does,
+    as "runs/nonexistent"), or a folder without a model's config.json, is an error in plain words."""
+    path = Path(name).expanduser()
+    if path.is_dir() and not (path / "config.json").exists():
+        raise FileNotFoundError(f"{name}: not a model folder (no config.json)")
+    local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or (path.parent != Path(".") and path.parent.is_dir())
+    if not path.exists() and local:
         raise FileNotFoundError(f"{name}: no such model folder")
     return name
 

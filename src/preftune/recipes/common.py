@@ -47,7 +47,6 @@ def start(cfg) -> Setup:
     run = RunDir(cfg.output_dir, main=rank == 0)
     run.claim(resume=cfg.resume, overwrite=cfg.overwrite)
     distributed.barrier()
-    run.save_config(cfg)
     return Setup(cfg, run, BadRows(cfg.on_bad_row), rank, world, device)
 
 
@@ -61,6 +60,11 @@ def tokenizer_and_data(setup: Setup, expect: tuple[str, ...]):
     """Tokenizer of --model and the tokenised train / eval examples; skipped rows are written out."""
     cfg = setup.cfg
     tokenizer = load_tokenizer(require_model(cfg), trust_remote_code=cfg.trust_remote_code)
+    limit = tokenizer.model_max_length
+    if limit < 1_000_000 and cfg.max_length > limit:   # e.g. an encoder's 512 learned positions
+        if setup.rank == 0:
+            print(f"--max_length {cfg.max_length} > the model's {limit} positions: sequences are cut to {limit}")
+        cfg.max_length, cfg.max_prompt_length = limit, min(cfg.max_prompt_length, limit // 2)
     try:
         train, evals, kind = build_examples(cfg, tokenizer, expect, setup.bad, margins=getattr(cfg, "use_margin", False),
                                             truncated=setup.truncated)

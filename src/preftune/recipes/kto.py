@@ -25,15 +25,14 @@ from .reference import Reference
 
 
 def unpaired(examples: list[dict]) -> list[dict]:
-    """Unpaired rows as they are; a preference pair becomes a desirable and an undesirable row."""
-    out = []
-    for e in examples:
-        if "label" in e:
-            out.append({"prompt_ids": e["prompt_ids"], "completion_ids": e["completion_ids"], "label": e["label"]})
-        else:
-            out += [{"prompt_ids": e["prompt_ids"], "completion_ids": e["chosen_ids"], "label": True},
-                    {"prompt_ids": e["prompt_ids"], "completion_ids": e["rejected_ids"], "label": False}]
-    return out
+    """Unpaired rows as they are; preference pairs become their desirable rows, then their
+    undesirable ones (as TRL's ``unpair_preference_dataset``), so neighbours — the KL estimate's
+    mismatched pairs — never share a prompt by construction."""
+    if all("label" in e for e in examples):
+        return [{"prompt_ids": e["prompt_ids"], "completion_ids": e["completion_ids"], "label": e["label"]}
+                for e in examples]
+    return [{"prompt_ids": e["prompt_ids"], "completion_ids": e[f"{side}_ids"], "label": side == "chosen"}
+            for side in ("chosen", "rejected") for e in examples]
 
 
 def collate_kto(examples: list[dict], pad_id: int, max_length: int, packing: bool = False) -> dict:
@@ -79,10 +78,11 @@ def evaluate_kto(cfg, scorer, reference, examples, collate, device) -> dict:
     scorer.eval()
     step = make_step(cfg, reference)
     sums, n = {}, 0
-    for i in range(0, len(examples), cfg.batch_size):
-        part = examples[i:i + cfg.batch_size]
-        if len(part) < 2:
-            break
+    starts = list(range(0, len(examples), cfg.batch_size))
+    if len(examples) % cfg.batch_size == 1 and len(starts) > 1:
+        starts.pop()   # a last batch of one row joins the one before (its KL pair needs another row)
+    for i, start in enumerate(starts):
+        part = examples[start:starts[i + 1] if i + 1 < len(starts) else len(examples)]
         loss, metrics = step(scorer, move(collate(part), device))
         for k, v in {"loss": float(loss) / len(part), **metrics}.items():
             sums[k] = sums.get(k, 0.0) + v * len(part)

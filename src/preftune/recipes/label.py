@@ -45,7 +45,8 @@ def label(prompts: list, groups: list[list[str]], reward_fn, out: Path, temperat
     write_jsonl(out / "pairs.jsonl", pairs)
     write_jsonl(out / "rankings.jsonl", rankings)
     agree = sum(p["reward_chosen"] >= p["reward_rejected"] for p in pairs) / max(len(pairs), 1)
-    return {"prompts": len(pairs), "completions": len(flat), "mean_reward": sum(flat) / max(len(flat), 1),
+    return {"prompts": len(prompts), "pairs": len(pairs), "completions": len(flat),
+            "mean_reward": sum(flat) / max(len(flat), 1),
             "label_agreement_with_reward": agree}
 
 

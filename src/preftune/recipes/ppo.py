@@ -211,6 +211,19 @@ class PtxStream:
         return collate(rows, self.pad)
 
 
+def run_state(rollouts: Rollouts, ptx: PtxStream | None):
+    """What a checkpoint keeps of a PPO run besides weights: the KL coefficient, the reward
+    normaliser, and where the PPO-ptx text stream is."""
+    def get() -> dict:
+        return {**rollouts.state(), "ptx_pos": ptx.pos if ptx else 0}
+
+    def load(d: dict) -> None:
+        rollouts.load_state(d)
+        if ptx:
+            ptx.pos = d.get("ptx_pos", 0)
+    return get, load
+
+
 @torch.no_grad()
 def evaluate_policy(rollouts: Rollouts, prompts: list[dict]) -> dict:
     """Mean raw reward, KL(π‖π_ref) per completion (k1 sum), length and EOS share on held-out prompts."""
@@ -273,5 +286,5 @@ def run_ppo(cfg) -> dict:
         rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
         steps_per_epoch=len(train) / (cfg.rollout_batch_size * setup.world) * u, step_multiple=u,
         summary_extra={**summary_extra(setup, train, evals, kind), "algo": cfg.algo, "updates_per_iteration": u},
-        state=(rollouts.state, rollouts.load_state))
+        state=run_state(rollouts, ptx))
     return trainer.fit()

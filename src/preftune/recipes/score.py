@@ -38,5 +38,9 @@ def run_score(cfg: ScoreConfig) -> None:
             for f in fields:
                 record["reward" if f == "completion" else f"reward_{f}"] = scores[f][i]
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    bad.write(Path(cfg.output).parent)
-    print(f"scored {len(examples)} rows into {cfg.output}")
+    output = Path(cfg.output)
+    rejected = f"{output.name.split('.')[0]}.rejected_rows.jsonl"
+    bad.write(output.parent, rejected)
+    skipped = bad.summary()["skipped_rows"]
+    print(f"scored {len(examples)} rows into {cfg.output}" +
+          (f"; {skipped} skipped, kept in {output.parent / rejected}" if skipped else ""))

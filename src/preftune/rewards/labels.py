@@ -30,17 +30,21 @@ def plackett_luce_ranking(rewards: list[float], temperature: float, rng: random.
 
 def preference_rows(prompts: list, completions: list[list[str]], rewards: list[list[float]], *,
                     temperature: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """From K ≥ 2 scored completions per prompt: one labelled pair per prompt (two completions drawn
-    at random, labelled by Bradley–Terry sampling) and one ranking per prompt (Plackett–Luce).
-    Rows carry the true rewards too (``reward_chosen`` …, ``scores``) for evaluation."""
+    """From K ≥ 2 scored completions per prompt: one labelled pair per prompt (two different
+    completions drawn at random, labelled by Bradley–Terry sampling; none when all K are the same
+    text) and one ranking per prompt (Plackett–Luce). Rows carry the true rewards too
+    (``reward_chosen`` …, ``scores``) for evaluation."""
     rng = random.Random(seed)
     pairs, rankings = [], []
     for prompt, comps, rs in zip(prompts, completions, rewards):
-        i, j = rng.sample(range(len(comps)), 2)
+        rankings.append({"prompt": prompt, "completions": comps,
+                         "ranking": plackett_luce_ranking(rs, temperature, rng), "true_scores": rs})
+        distinct = list({c: k for k, c in enumerate(comps)}.values())
+        if len(distinct) < 2:
+            continue
+        i, j = rng.sample(distinct, 2)
         if not bradley_terry_pair(rs[i], rs[j], temperature, rng):
             i, j = j, i
         pairs.append({"prompt": prompt, "chosen": comps[i], "rejected": comps[j],
                       "reward_chosen": rs[i], "reward_rejected": rs[j]})
-        rankings.append({"prompt": prompt, "completions": comps,
-                         "ranking": plackett_luce_ranking(rs, temperature, rng), "true_scores": rs})
     return pairs, rankings

@@ -24,7 +24,8 @@ class RewardModel:
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         model = load_reward_model(path, trainable=False, pad_token_id=self.tokenizer.pad_token_id)
         self.scorer = RewardScorer(model.to(self.device)).eval()
-        self.encoder = Encoder(self.tokenizer, max_length, max_length)
+        max_length = min(max_length, self.tokenizer.model_max_length)   # an encoder's learned positions
+        self.encoder = Encoder(self.tokenizer, max_length, max_length // 2)
         self.batch_size = batch_size
 
     @torch.no_grad()

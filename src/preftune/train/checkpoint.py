@@ -90,7 +90,8 @@ def read(path: Path) -> dict:
                 "weights": load_file(path / "model.safetensors"),
                 "trainer": torch.load(path / "trainer_state.pt", weights_only=True)}
     except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {first})") from e
 
 
 def apply(saved: dict, model, optimizer, scheduler, *, masters: dict | None = None) -> dict:

@@ -129,6 +129,13 @@ class Trainer:
         self.bad_in_row = 0
         self.bad_total = 0
 
+    def _evaluate(self) -> dict:
+        """Evaluation on its own random stream: sampling there never changes the training run (so a
+        run evaluated at a step resumes exactly like one that was not)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            return self.evaluate()
+
     def _masters(self) -> dict | None:
         return self.master.masters if self.master is not None else None
 
@@ -151,6 +158,9 @@ class Trainer:
             if self.rank == 0:
                 print(f"resumed from {path} (step {self.step})")
             return
+        if (self.run.path / "summary.json").exists():
+            raise TrainingError(f"--resume: the run in {self.run.path} finished and kept no checkpoint to continue "
+                                "from (set --save_steps); --overwrite true trains it again")
         if self.rank == 0:
             print(f"--resume: no readable checkpoint in {self.run.checkpoints}; starting from step 0")
         self.run.truncate_metrics(0)
@@ -158,6 +168,9 @@ class Trainer:
     def _check_same_run(self, state: dict, path) -> None:
         saved, now = state.get("config", {}), resume_settings(self.cfg)
         changed = [f"--{k} {saved[k]!r} → {now.get(k)!r}" for k in sorted(saved) if saved[k] != now.get(k)]
+        if self.cfg.lr_scheduler != "constant" and state.get("total_steps", self.max_steps) != self.max_steps:
+            changed.append(f"the run's length, {state['total_steps']} → {self.max_steps} steps (its "
+                           f"{self.cfg.lr_scheduler} learning-rate schedule depends on it)")
         if state.get("data") not in (None, self.data_fingerprint):
             changed.append("the training data (its tokenised rows differ)")
         if changed:
@@ -168,7 +181,8 @@ class Trainer:
         if self.rank == 0:
             checkpoint.save(self.run.checkpoints, self.step, self.model, self.optimizer, self.scheduler,
                             {"bad_steps": self.bad_total, "recipe": self.state[0]() if self.state else {},
-                             "config": resume_settings(self.cfg), "data": self.data_fingerprint},
+                             "config": resume_settings(self.cfg), "data": self.data_fingerprint,
+                             "total_steps": self.max_steps},
                             self.cfg.keep_checkpoints, masters=self._masters())
         distributed.barrier()
 
@@ -221,6 +235,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.resume:
             self._resume()
+        self.run.begin(cfg, overwrite=cfg.overwrite)
         start_step, start_time = self.step, time.perf_counter()
         bar = tqdm(total=self.max_steps, initial=self.step, disable=self.rank != 0 or not cfg.progress,
                    dynamic_ncols=True)
@@ -243,14 +258,14 @@ class Trainer:
             metrics["elapsed_s"] = elapsed
             last = metrics
             if self.evaluate and (cfg.eval_steps and self.step % cfg.eval_steps == 0 or self.step == self.max_steps):
-                final_eval = self.evaluate()
+                final_eval = self._evaluate()
                 metrics.update({f"eval/{k}": v for k, v in final_eval.items()})
             if self.step % cfg.log_steps == 0 or self.step == self.max_steps:
                 self.run.log(self.step, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
             bar.update(1)
-            if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < self.max_steps:
-                self._save_checkpoint()
+            if cfg.save_steps and (self.step % cfg.save_steps == 0 or self.step == self.max_steps):
+                self._save_checkpoint()   # the last step too: a finished run can be extended
         bar.close()
         if self.step > start_step and updates == 0:
             raise TrainingError(f"no optimizer update in {self.step - start_step} steps: every loss or gradient was "
@@ -262,7 +277,7 @@ class Trainer:
                    "tokens_per_s": tokens_done / max(elapsed, 1e-9), "skipped_steps": self.bad_total,
                    "final_train": last, **self.summary_extra}
         if self.evaluate:
-            summary["eval"] = final_eval if final_eval is not None else self.evaluate()
+            summary["eval"] = final_eval if final_eval is not None else self._evaluate()
         if self.master is not None:
             self.master.release()
         if self.rank == 0 and self.save_final:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from ..config import save_config
 
-# what a run writes; --overwrite removes exactly these
-ARTEFACTS = ("metrics.jsonl", "summary.json", "rejected_rows.jsonl", "checkpoints", "final", "tensorboard",
-             "ref_logps_train.safetensors", "ref_logps_train.json", "ref_logps_eval.safetensors", "ref_logps_eval.json")
+# what training writes; --overwrite removes exactly these once the new run starts training
+ARTEFACTS = ("metrics.jsonl", "summary.json", "checkpoints", "final", "tensorboard")
 LOCK = ".lock"
 _HELD: list["RunDir"] = []   # folders this process has locked
 
@@ -59,8 +58,8 @@ class RunDir:
         return [name for name in ("metrics.jsonl", "checkpoints", "final", "summary.json") if (self.path / name).exists()]
 
     def claim(self, *, resume: bool, overwrite: bool) -> None:
-        """Lock the folder for this process; refuse a folder holding a run unless resuming (the run is
-        then no longer done: its summary goes) or overwriting (its artefacts go)."""
+        """Lock the folder for this process and refuse a folder holding a run unless it is to be
+        resumed or overwritten. Nothing of the old run changes until ``begin``."""
         if not self.main:
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -70,9 +69,16 @@ class RunDir:
             self.release()
             raise ValueError(f"--output_dir {self.path} holds a run ({', '.join(found)}): pass --resume to continue "
                              "it or --overwrite true to replace it")
+
+    def begin(self, cfg, *, overwrite: bool) -> None:
+        """Training starts (data, models and any resume checks passed): an overwritten run's artefacts
+        go, the run is no longer done (its summary goes), and the config it runs with is saved."""
+        if not self.main:
+            return
         for name in ARTEFACTS if overwrite else ("summary.json",):
             target = self.path / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        save_config(cfg, self.path / "config.yaml")
 
     def _lock(self) -> None:
         lock = self.path / LOCK
@@ -100,10 +106,6 @@ class RunDir:
             (self.path / LOCK).unlink(missing_ok=True)
             self._locked = False
             _HELD.remove(self)
-
-    def save_config(self, cfg) -> None:
-        if self.main:
-            save_config(cfg, self.path / "config.yaml")
 
     def truncate_metrics(self, after_step: int) -> None:
         """On resume: drop lines a killed run logged after its last checkpoint (all of them when it
