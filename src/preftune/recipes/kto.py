@@ -78,11 +78,11 @@ def evaluate_kto(cfg, scorer, reference, examples, collate, device) -> dict:
     scorer.eval()
     step = make_step(cfg, reference)
     sums, n = {}, 0
-    starts = list(range(0, len(examples), cfg.batch_size))
-    if len(examples) % cfg.batch_size == 1 and len(starts) > 1:
-        starts.pop()   # a last batch of one row joins the one before (its KL pair needs another row)
-    for i, start in enumerate(starts):
-        part = examples[start:starts[i + 1] if i + 1 < len(starts) else len(examples)]
+    bounds = list(range(0, len(examples), cfg.batch_size))
+    if len(examples) % cfg.batch_size == 1 and len(bounds) > 1:
+        bounds.pop()   # a last batch of one row joins the one before (its KL pair needs another row)
+    for first, end in zip(bounds, bounds[1:] + [len(examples)]):
+        part = examples[first:end]
         loss, metrics = step(scorer, move(collate(part), device))
         for k, v in {"loss": float(loss) / len(part), **metrics}.items():
             sums[k] = sums.get(k, 0.0) + v * len(part)
