@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-compare clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,20 @@ bench: install
 	$(BIN)/python benchmarks/throughput.py --recipe dpo
 	$(BIN)/python benchmarks/throughput.py --recipe rm
 	$(BIN)/python benchmarks/ppo_iteration.py
+
+# preftune against TRL 1.16, side by side: TRL lives in its own virtualenv, never a dependency.
+# About 75 min on 2 cores (realistic shape, then the tiny one); results in runs/bench/*.json.
+TRL_VENV := .bench/trl-venv
+$(TRL_VENV)/.installed: constraints-cpu.txt
+	$(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/pip install -q -c constraints-cpu.txt torch transformers datasets accelerate trl==1.16.0
+	touch $@
+
+bench-compare: install $(TRL_VENV)/.installed
+	mkdir -p runs/bench
+	$(BIN)/python benchmarks/compare_trl.py --trl_python $(TRL_VENV)/bin/python --shape realistic > runs/bench/realistic.json
+	$(BIN)/python benchmarks/compare_trl.py --trl_python $(TRL_VENV)/bin/python --shape tiny --steps 20 --warmup 5 \
+		--repeats 3 > runs/bench/tiny.json
 
 clean:
 	rm -rf $(VENV) runs

@@ -90,7 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         release_all()
+        _end_process_group()
     return 0
+
+
+def _end_process_group() -> None:
+    """torchrun's process group, ended before the interpreter exits (gloo's threads abort otherwise)."""
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

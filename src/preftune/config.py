@@ -163,6 +163,10 @@ class TrainConfig(DataConfig, ModelConfig):
     threads: int = opt(0, "torch CPU threads (0 = torch's default)", bounds=NON_NEGATIVE)
     packing: bool = opt(True, "pack training sequences padding-free into rows (SFT, RM, DPO): no compute on "
                               "padding; used only for architectures where it is exact, others train padded")
+    fsdp: bool = opt(False, "under torchrun: shard the trained (and frozen) models over the processes with FSDP2 "
+                            "(one unit per decoder layer); with bfloat16, FSDP's mixed precision")
+    gradient_checkpointing: bool = opt(False, "recompute each decoder layer's activations in the backward pass "
+                                              "(non-reentrant): less memory, about a third more compute")
     progress: bool = opt(True, "show a progress bar")
 
     def __post_init__(self):

@@ -93,6 +93,8 @@ def _load_dtype(cfg, trainable: bool) -> torch.dtype:
 
 def _finish(model, cfg, trainable: bool, task_type: str):
     _use_packed_attention(model, cfg)
+    if trainable and getattr(cfg, "gradient_checkpointing", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if trainable and cfg is not None and cfg.lora_r > 0:
         model = _lora(model, cfg, task_type)
     if not trainable:
@@ -132,10 +134,35 @@ def disable_dropout(model: torch.nn.Module) -> None:
                 setattr(module, name, 0.0)
 
 
-def save_model(model, tokenizer, path: Path, *, merge_lora: bool = True) -> None:
-    """A ``save_pretrained`` folder (safetensors) that plain ``transformers`` loads, written beside
-    ``path`` and renamed into place, so a crash mid-save never leaves a half-written folder there."""
+def _gathered_copy(model):
+    """An FSDP2-sharded model's whole weights, gathered into an unsharded copy of it on rank 0's CPU
+    (built on the meta device, then given the gathered tensors); None on the other ranks. A collective."""
+    from ..train.distributed import full_state_dict
+    state = full_state_dict(model)
+    if not state:
+        return None
+    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    with torch.device("meta"):
+        copy = type(base)(base.config)
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model
+        copy = get_peft_model(copy, model.peft_config["default"])
+    copy.load_state_dict(state, strict=False, assign=True)
+    if getattr(copy.config, "tie_word_embeddings", False):
+        copy.tie_weights()
+    return copy
+
+
+def save_model(model, tokenizer, path: Path, *, merge_lora: bool = True, main: bool = True) -> None:
+    """A ``save_pretrained`` folder (safetensors) that plain ``transformers`` loads, written by the
+    main process beside ``path`` and renamed into place, so a crash mid-save never leaves a
+    half-written folder there. Every process calls it: an FSDP2 model is gathered first."""
+    from ..train.distributed import is_sharded
     model = getattr(model, "module", model)  # DDP
+    if is_sharded(model):
+        model = _gathered_copy(model)
+    if not main or model is None:
+        return
     if hasattr(model, "peft_config") and merge_lora:
         model = model.merge_and_unload()
     path = Path(path)

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pickle
 import random
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,7 +41,7 @@ def start(cfg) -> Setup:
     """Threads, process group, seeds, the run folder with its config.yaml."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world, device = distributed.init()
+    rank, world, device = distributed.init(fsdp=getattr(cfg, "fsdp", False))
     if cfg.max_prompt_length >= cfg.max_length:
         if rank == 0:
             print(f"--max_prompt_length {cfg.max_prompt_length} ≥ --max_length {cfg.max_length}: prompts are cut to "
@@ -65,13 +69,39 @@ def tokenizer_and_data(setup: Setup, expect: tuple[str, ...]):
         if setup.rank == 0:
             print(f"--max_length {cfg.max_length} > the model's {limit} positions: sequences are cut to {limit}")
         cfg.max_length, cfg.max_prompt_length = limit, min(cfg.max_prompt_length, limit // 2)
-    try:
-        train, evals, kind = build_examples(cfg, tokenizer, expect, setup.bad, margins=getattr(cfg, "use_margin", False),
-                                            truncated=setup.truncated)
-    finally:
-        if setup.rank == 0:
-            setup.bad.write(setup.run.path)
+    def build():
+        try:
+            return build_examples(cfg, tokenizer, expect, setup.bad, margins=getattr(cfg, "use_margin", False),
+                                  truncated=setup.truncated)
+        finally:
+            if setup.rank == 0:
+                setup.bad.write(setup.run.path)
+
+    train, evals, kind = once_per_node(setup, build)
     return tokenizer, train, evals, kind
+
+
+def once_per_node(setup: Setup, build):
+    """``build()`` run by each node's first process (LOCAL_RANK 0) alone, its result handed to the
+    node's other processes through a node-local file: a dataset is tokenised once per node."""
+    if setup.world == 1:
+        return build()
+    first = os.environ.get("LOCAL_RANK", "0") == "0"
+    run = f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}:{os.path.abspath(setup.cfg.output_dir)}"
+    path = Path(tempfile.gettempdir()) / f"preftune-data-{hashlib.sha256(run.encode()).hexdigest()[:16]}.pkl"
+    if first:
+        result = build()
+        with open(path.with_suffix(".tmp"), "wb") as f:
+            pickle.dump(result, f)
+        os.replace(path.with_suffix(".tmp"), path)
+    distributed.barrier()
+    if not first:
+        with open(path, "rb") as f:
+            result = pickle.load(f)
+    distributed.barrier()
+    if first:
+        path.unlink()
+    return result
 
 
 def steps_per_epoch(setup: Setup, n_train: int) -> float:
@@ -108,3 +138,35 @@ def use_packing(setup: Setup, *models) -> bool:
         print(f"packing off: packed sequences would see each other in {', '.join(others)} models "
               "(attention not separated per sequence); training on padded batches")
     return not others
+
+
+def shares(examples: list, batch_size: int, setup: Setup):
+    """This process's share of ``examples`` (every world-th one), in batches, with each row's weight.
+    Every process runs as many batches (an FSDP2 model computes collectively), so a share short of a
+    row repeats its first one with weight 0."""
+    count = -(-len(examples) // setup.world)
+    mine = examples[setup.rank::setup.world]
+    weights = [1.0] * len(mine) + [0.0] * (count - len(mine))
+    mine = mine + [examples[0]] * (count - len(mine))
+    for i in range(0, count, batch_size):
+        yield mine[i:i + batch_size], torch.tensor(weights[i:i + batch_size])
+
+
+class Means:
+    """Weighted means of per-row values, over every process's rows (evaluation split across ranks)."""
+
+    def __init__(self):
+        self.sums: dict[str, list[float]] = {}
+
+    def add(self, weights: torch.Tensor, **values: torch.Tensor) -> None:
+        """values: name → (rows,) tensor; weights: (rows,) (the rows' weights, or token counts)."""
+        for name, v in values.items():
+            total = self.sums.setdefault(name, [0.0, 0.0])
+            w = weights.to(v.device, torch.float64)
+            total[0] += float((v.detach().double() * w).sum())
+            total[1] += float(w.sum())
+
+    def result(self, device) -> dict:
+        names = sorted(self.sums)
+        reduced = distributed.all_sum([x for n in names for x in self.sums[n]], device)
+        return {n: reduced[2 * i] / max(reduced[2 * i + 1], 1e-12) for i, n in enumerate(names)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from functools import partial
 from pathlib import Path
 
@@ -23,9 +24,9 @@ from ..losses.preference import LENGTH_NORMALISED, REFERENCE_FREE, plackett_luce
 from ..models import CausalLMScorer, load_causal_lm, save_model
 from ..models.load import disable_dropout
 from ..models.logprobs import sequence_logps
-from ..train import Trainer
+from ..train import Trainer, distributed
 from ..train.loop import ExampleStream
-from .common import fingerprint, move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .common import Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
 from .reference import Reference
 
 
@@ -51,26 +52,24 @@ def grouped(values: torch.Tensor, batch: dict) -> torch.Tensor:
     return values.view(-1, batch["ranking"].shape[0]).T
 
 
-def precompute(reference: Reference, examples: list[dict], pad_id: int, batch_size: int, device,
-               cache: Path, key: str) -> None:
-    """Attach π_ref log-probs to each example, computed once and cached in the run folder."""
-    if cache.exists():
-        stored = load_file(cache)
-        meta = json.loads(cache.with_suffix(".json").read_text())
-        if meta.get("key") == key and len(stored["ref_logps"]) == len(examples):
-            for e, lp in zip(examples, stored["ref_logps"]):
-                e["ref_logps"] = lp
-            return
-    values = []
-    for i in range(0, len(examples), batch_size):
-        batch = move(collate_dpo(examples[i:i + batch_size], pad_id), device)
-        values.append(grouped(reference(batch), batch).float().cpu())
-    table = torch.cat(values)
-    for e, lp in zip(examples, table):
+def precompute(reference: Reference, examples: list[dict], pad_id: int, setup, cache: Path, key: str) -> None:
+    """Attach π_ref log-probs to each example: computed once, each process taking its share, gathered,
+    and cached in the run folder by rank 0 alone."""
+    if not cache.exists() or json.loads(cache.with_suffix(".json").read_text()).get("key") != key:
+        values = []
+        for part, _ in shares(examples, setup.cfg.batch_size, setup):
+            batch = move(collate_dpo(part, pad_id), setup.device)
+            values.append(grouped(reference(batch), batch).float())
+        mine = torch.cat(values)
+        table = distributed.all_gather(mine).transpose(0, 1).reshape(-1, mine.shape[1])[:len(examples)].cpu()
+        if setup.rank == 0:
+            tmp = cache.with_name(f".{cache.name}.tmp")
+            save_file({"ref_logps": table.contiguous()}, tmp)
+            os.replace(tmp, cache)
+            cache.with_suffix(".json").write_text(json.dumps({"key": key}))
+        distributed.barrier()
+    for e, lp in zip(examples, load_file(cache)["ref_logps"]):
         e["ref_logps"] = lp
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"ref_logps": table.contiguous()}, cache)
-    cache.with_suffix(".json").write_text(json.dumps({"key": key}))
 
 
 def data_key(cfg, examples) -> str:
@@ -78,13 +77,6 @@ def data_key(cfg, examples) -> str:
     for e in examples:
         h.update(json.dumps([e["prompt_ids"], completions_of(e)]).encode())
     return h.hexdigest()
-
-
-def pair_metrics(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> dict:
-    return {"rewards/chosen": float(chosen_rewards.mean()), "rewards/rejected": float(rejected_rewards.mean()),
-            "rewards/accuracies": float((chosen_rewards > rejected_rewards).float().mean()),
-            "rewards/margins": float((chosen_rewards - rejected_rewards).mean()),
-            "logps/chosen": float(chosen_logps.detach().mean()), "logps/rejected": float(rejected_logps.detach().mean())}
 
 
 def dpo_losses(cfg, policy, lengths, ref, ranking):
@@ -108,40 +100,41 @@ def nll_coef(cfg) -> float:
     return cfg.nll_coef if cfg.nll_coef is not None else (1.0 if cfg.loss == "orpo" else 0.0)
 
 
-def make_step(cfg, reference: Reference | None):
+def pair_outputs(cfg, reference: Reference | None, model, batch) -> tuple[torch.Tensor, dict]:
+    """Per-example (B,) losses (with ORPO's NLL term) and the TRL-named metrics of each example."""
+    policy, lengths = (grouped(x, batch) for x in sequence_logps(model, batch))
+    if "ref_logps" in batch:
+        ref = batch["ref_logps"]
+    else:
+        ref = None if reference is None else grouped(reference(batch), batch)
+    ranking = batch["ranking"]
+    losses, chosen_r, rejected_r = dpo_losses(cfg, policy, lengths, ref, ranking)
+    best = policy.gather(1, ranking[:, :1])[:, 0]
+    worst = policy.gather(1, ranking[:, -1:])[:, 0]
     coef = nll_coef(cfg)
+    if coef:
+        losses = losses + coef * (-best / lengths.gather(1, ranking[:, :1])[:, 0])
+    return losses, {"rewards/chosen": chosen_r, "rewards/rejected": rejected_r,
+                    "rewards/accuracies": (chosen_r > rejected_r).float(), "rewards/margins": chosen_r - rejected_r,
+                    "logps/chosen": best.detach(), "logps/rejected": worst.detach()}
 
+
+def make_step(cfg, reference: Reference | None):
     def step(model, batch):
-        policy, lengths = (grouped(x, batch) for x in sequence_logps(model, batch))
-        if "ref_logps" in batch:
-            ref = batch["ref_logps"]
-        else:
-            ref = None if reference is None else grouped(reference(batch), batch)
-        ranking = batch["ranking"]
-        losses, chosen_r, rejected_r = dpo_losses(cfg, policy, lengths, ref, ranking)
-        loss = losses.sum()
-        best = policy.gather(1, ranking[:, :1])[:, 0]
-        worst = policy.gather(1, ranking[:, -1:])[:, 0]
-        if coef:
-            best_len = lengths.gather(1, ranking[:, :1])[:, 0]
-            loss = loss + coef * (-best / best_len).sum()
-        return loss, pair_metrics(chosen_r, rejected_r, best, worst)
+        losses, rows = pair_outputs(cfg, reference, model, batch)
+        return losses.sum(), {k: float(v.mean()) for k, v in rows.items()}
     return step
 
 
 @torch.no_grad()
-def evaluate_dpo(cfg, scorer, reference, examples, pad_id, device) -> dict:
-    """Held-out loss, implicit-reward preference accuracy and margins."""
+def evaluate_dpo(cfg, scorer, reference, examples, pad_id, setup) -> dict:
+    """Held-out loss, implicit-reward preference accuracy and margins; each process its share."""
     scorer.eval()
-    sums, n = {}, 0
-    step = make_step(cfg, reference)
-    for i in range(0, len(examples), cfg.batch_size):
-        part = examples[i:i + cfg.batch_size]
-        loss, metrics = step(scorer, move(collate_dpo(part, pad_id), device))
-        for k, v in {"loss": float(loss) / len(part), **metrics}.items():
-            sums[k] = sums.get(k, 0.0) + v * len(part)
-        n += len(part)
-    return {k: v / max(n, 1) for k, v in sums.items()}
+    means = Means()
+    for part, weights in shares(examples, cfg.batch_size, setup):
+        losses, rows = pair_outputs(cfg, reference, scorer, move(collate_dpo(part, pad_id), setup.device))
+        means.add(weights, loss=losses, **rows)
+    return means.result(setup.device)
 
 
 def sft_reference_first(cfg) -> str:
@@ -173,21 +166,22 @@ def run_dpo(cfg) -> dict:
     model = load_causal_lm(cfg.model, cfg).to(setup.device)
     disable_dropout(model)
     scorer = CausalLMScorer(model)
-    reference = None if cfg.loss in REFERENCE_FREE else Reference(cfg, model, tokenizer, setup.device)
+    reference = None if cfg.loss in REFERENCE_FREE else Reference(cfg, scorer, tokenizer, setup.device)
     pad = tokenizer.pad_token_id
     if cfg.ref == "precomputed" and reference is not None:
         for name, part in (("train", train), ("eval", evals)):
             if part:
-                precompute(reference, part, pad, cfg.batch_size, setup.device,
-                           setup.run.path / f"ref_logps_{name}.safetensors", data_key(cfg, part))
+                precompute(reference, part, pad, setup, setup.run.path / f"ref_logps_{name}.safetensors",
+                           data_key(cfg, part))
         reference = None   # free the reference: its log-probs now travel with the data
     packing = use_packing(setup, model, reference.lm if reference is not None else None)
     stream = ExampleStream(train, partial(collate_dpo, pad_id=pad, packing=packing), cfg.batch_size, cfg.grad_accum,
                            seed=cfg.seed, rank=setup.rank, world=setup.world)
     trainer = Trainer(
         cfg, setup.run, scorer, stream, make_step(cfg, reference), lambda b: b["ranking"].shape[0],
-        evaluate=(lambda: evaluate_dpo(cfg, scorer, reference, evals, pad, setup.device)) if evals else None,
-        save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
+        evaluate=(lambda: evaluate_dpo(cfg, scorer, reference, evals, pad, setup)) if evals else None,
+        save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora,
+                                       main=setup.rank == 0),
         rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
         steps_per_epoch=steps_per_epoch(setup, len(train)),
         summary_extra={**summary_extra(setup, train, evals, kind), "loss": cfg.loss, "beta": cfg.beta, "ref": cfg.ref})

@@ -20,7 +20,7 @@ from ..models.load import disable_dropout
 from ..models.logprobs import sequence_logps
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import fingerprint, move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .common import Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
 from .reference import Reference
 
 
@@ -51,43 +51,55 @@ def _mean(values: torch.Tensor) -> float:
     return float(values.mean()) if len(values) else float("nan")
 
 
+def row_outputs(cfg, reference: Reference, model, batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Per-row losses, the batch's KL reference point z₀ and the per-row values behind the metrics."""
+    kl_batch = move(batch["kl"], batch["input_ids"].device)
+    policy, _ = sequence_logps(model, batch)
+    with torch.no_grad():
+        policy_kl = sequence_logps(model, kl_batch)[0]
+    ref, ref_kl = reference(batch), reference(kl_batch)
+    z0 = kto_reference_point(policy_kl, ref_kl)
+    if dist.is_initialized():   # one reference point for the global batch, as TRL gathers it
+        dist.all_reduce(z0)
+        z0 = z0 / dist.get_world_size()
+    losses, rewards = kto_loss(policy, ref, batch["label"], z0, beta=cfg.beta, desirable_weight=cfg.desirable_weight,
+                               undesirable_weight=cfg.undesirable_weight)
+    return losses, z0, {"rewards": rewards, "logps": policy.detach()}
+
+
 def make_step(cfg, reference: Reference):
     def step(model, batch):
-        kl_batch = move(batch["kl"], batch["input_ids"].device)
-        policy, _ = sequence_logps(model, batch)
-        with torch.no_grad():
-            policy_kl = sequence_logps(model, kl_batch)[0]
-        ref, ref_kl = reference(batch), reference(kl_batch)
-        z0 = kto_reference_point(policy_kl, ref_kl)
-        if dist.is_initialized():   # one reference point for the global batch, as TRL gathers it
-            dist.all_reduce(z0)
-            z0 = z0 / dist.get_world_size()
+        losses, z0, rows = row_outputs(cfg, reference, model, batch)
         label = batch["label"]
-        losses, rewards = kto_loss(policy, ref, label, z0, beta=cfg.beta, desirable_weight=cfg.desirable_weight,
-                                   undesirable_weight=cfg.undesirable_weight)
-        chosen, rejected = rewards[label], rewards[~label]
+        chosen, rejected = rows["rewards"][label], rows["rewards"][~label]
         return losses.sum(), {
             "kl": float(z0), "rewards/chosen": _mean(chosen), "rewards/rejected": _mean(rejected),
-            "rewards/margins": _mean(chosen) - _mean(rejected), "logps/chosen": _mean(policy.detach()[label]),
-            "logps/rejected": _mean(policy.detach()[~label])}
+            "rewards/margins": _mean(chosen) - _mean(rejected), "logps/chosen": _mean(rows["logps"][label]),
+            "logps/rejected": _mean(rows["logps"][~label])}
     return step
 
 
 @torch.no_grad()
-def evaluate_kto(cfg, scorer, reference, examples, collate, device) -> dict:
+def evaluate_kto(cfg, scorer, reference, examples, collate, setup) -> dict:
+    """Held-out loss, KL estimate and rewards of desirable and undesirable rows; each process its
+    share, in batches of ≥ 2 rows (a row's KL pair is another row's completion)."""
     scorer.eval()
-    step = make_step(cfg, reference)
-    sums, n = {}, 0
-    bounds = list(range(0, len(examples), cfg.batch_size))
-    if len(examples) % cfg.batch_size == 1 and len(bounds) > 1:
-        bounds.pop()   # a last batch of one row joins the one before (its KL pair needs another row)
-    for first, end in zip(bounds, bounds[1:] + [len(examples)]):
-        part = examples[first:end]
-        loss, metrics = step(scorer, move(collate(part), device))
-        for k, v in {"loss": float(loss) / len(part), **metrics}.items():
-            sums[k] = sums.get(k, 0.0) + v * len(part)
-        n += len(part)
-    return {k: v / max(n, 1) for k, v in sums.items()}
+    means = Means()
+    count, size = -(-len(examples) // setup.world), cfg.batch_size
+    while count % size == 1 and size < count:   # no last batch of a single row
+        size += 1
+    for part, weights in shares(examples, size, setup):
+        if len(part) == 1:   # a one-row share: no other row to pair with
+            continue
+        batch = move(collate(part), setup.device)
+        losses, z0, rows = row_outputs(cfg, reference, scorer, batch)
+        label = batch["label"].cpu()
+        means.add(weights, loss=losses.cpu(), kl=z0.expand(len(part)).cpu())
+        means.add(weights * label, **{"rewards/chosen": rows["rewards"].cpu(), "logps/chosen": rows["logps"].cpu()})
+        means.add(weights * ~label, **{"rewards/rejected": rows["rewards"].cpu(), "logps/rejected": rows["logps"].cpu()})
+    out = means.result(setup.device)
+    out["rewards/margins"] = out.get("rewards/chosen", 0.0) - out.get("rewards/rejected", 0.0)
+    return out
 
 
 def run_kto(cfg) -> dict:
@@ -105,7 +117,7 @@ def run_kto(cfg) -> dict:
     model = load_causal_lm(cfg.model, cfg).to(setup.device)
     disable_dropout(model)
     scorer = CausalLMScorer(model)
-    reference = Reference(cfg, model, tokenizer, setup.device)
+    reference = Reference(cfg, scorer, tokenizer, setup.device)
     pad = tokenizer.pad_token_id
     collate = partial(collate_kto, pad_id=pad, max_length=cfg.max_length,
                       packing=use_packing(setup, model, reference.lm))
@@ -115,8 +127,9 @@ def run_kto(cfg) -> dict:
         cfg, setup.run, scorer, stream, make_step(cfg, reference), lambda b: len(b["label"]),
         evaluate=(lambda: evaluate_kto(cfg, scorer, reference, evals, partial(collate_kto, pad_id=pad,
                                                                                max_length=cfg.max_length),
-                                       setup.device)) if evals else None,
-        save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
+                                       setup)) if evals else None,
+        save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora,
+                                       main=setup.rank == 0),
         rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
         steps_per_epoch=steps_per_epoch(setup, len(train)),
         summary_extra={**summary_extra(setup, train, evals, kind), "desirable_examples": desirable,

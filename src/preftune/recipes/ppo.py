@@ -24,9 +24,9 @@ from ..models.logprobs import classifier_outputs, has_score_head
 from ..rewards import RewardModel, load_reward_source
 from ..rewards.shaping import KLController, RunningMoments, shape_scores
 from ..rollout import generate
-from ..train import Trainer
+from ..train import Trainer, distributed
 from ..train.loop import ExampleStream
-from .common import fingerprint, move, start, summary_extra, tokenizer_and_data
+from .common import Means, fingerprint, move, shares, start, summary_extra, tokenizer_and_data
 
 
 class ActorCritic(nn.Module):
@@ -97,9 +97,10 @@ class Rollouts:
         cfg, tok = self.cfg, self.tok
         prompt_ids = [e["prompt_ids"] for e in examples for _ in range(k)]
         prompt_texts = [e["prompt_text"] for e in examples for _ in range(k)]
-        gen = generate(self.model.policy.lm, prompt_ids, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
-                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                       top_p=cfg.top_p, batch_size=max(len(prompt_ids), 1))
+        with distributed.gathered(self.model):   # FSDP2: generation calls the policy outside the root module
+            gen = generate(self.model.policy.lm, prompt_ids, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
+                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                           top_p=cfg.top_p, batch_size=max(len(prompt_ids), 1))
         texts = [tok.decode(c, skip_special_tokens=True) for c in gen.completions]
         scores = torch.tensor(self.reward_fn(prompt_texts, texts), dtype=torch.float32)
         batch = move(collate(list(zip(prompt_ids, gen.completions)), tok.pad_token_id), self.setup.device)
@@ -119,7 +120,7 @@ class Rollouts:
         self.model.train()
         maskf = mask.float()
         scores = shape_scores(raw, ended, missing_eos_penalty=cfg.missing_eos_penalty, clip=cfg.reward_clip,
-                              moments=self.moments)
+                              moments=self.moments, gather=lambda x: distributed.all_gather(x).flatten())
         kl = kl_estimate(logps, ref_logps, cfg.kl_estimator) * maskf
         kl_seq = kl.sum(1)
         beta = self.kl.value
@@ -142,7 +143,8 @@ class Rollouts:
         if cfg.whiten_advantages and cfg.algo != "grpo":
             adv = whiten(adv, maskf)
         data["advantages"] = adv
-        self.kl.update(float(kl_seq.mean()), self.size * self.setup.world)
+        kl_sum, n = distributed.all_sum([float(kl_seq.sum()), len(kl_seq)], self.setup.device)
+        self.kl.update(kl_sum / n, self.size * self.setup.world)   # one β for every process
         lengths = maskf.sum(1)
         self.metrics.update({
             "rollout/reward_mean": float(raw.mean()), "rollout/reward_std": float(raw.std()) if len(raw) > 1 else 0.0,
@@ -226,12 +228,16 @@ def run_state(rollouts: Rollouts, ptx: PtxStream | None):
 
 @torch.no_grad()
 def evaluate_policy(rollouts: Rollouts, prompts: list[dict]) -> dict:
-    """Mean raw reward, KL(π‖π_ref) per completion (k1 sum), length and EOS share on held-out prompts."""
-    batch, raw, ended, _, _ = rollouts.sample(prompts, 1)
-    logps, mask = rollouts.model.policy(batch["input_ids"], batch["attention_mask"], batch["labels"])
-    ref = rollouts.ref(batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
-    return {"reward": float(raw.mean()), "kl": float(((logps - ref) * mask).sum(1).mean()),
-            "response_length": float(mask.sum(1).float().mean()), "eos_share": float(ended.float().mean())}
+    """Mean raw reward, KL(π‖π_ref) per completion (k1 sum), length and EOS share on held-out
+    prompts, each process sampling its share."""
+    means, setup = Means(), rollouts.setup
+    for part, weights in shares(prompts, len(prompts), setup):
+        batch, raw, ended, _, _ = rollouts.sample(part, 1)
+        out = rollouts.model(batch["input_ids"], batch["attention_mask"], batch["labels"], with_entropy=False)
+        ref = rollouts.ref(batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+        means.add(weights, reward=raw.cpu(), kl=((out["logps"] - ref) * out["mask"]).sum(1).cpu(),
+                  response_length=out["mask"].sum(1).float().cpu(), eos_share=ended.float().cpu())
+    return means.result(setup.device)
 
 
 def build_critic(cfg, reward_is_model: bool, tokenizer):
@@ -267,6 +273,8 @@ def run_ppo(cfg) -> dict:
     if cfg.ref_model:
         require_same_tokenizer(tokenizer, cfg.ref_model, "ref_model", trust_remote_code=cfg.trust_remote_code)
     ref = CausalLMScorer(load_causal_lm(cfg.ref_model or cfg.model, cfg, trainable=False)).to(setup.device).eval()
+    if cfg.fsdp:
+        distributed.shard(ref)
     rollouts = Rollouts(cfg, setup, tokenizer, train, model, ref, reward_fn)
     u = rollouts.updates_per_iteration
     if (cfg.max_steps or 0) % u or cfg.save_steps % u:
@@ -282,9 +290,12 @@ def run_ppo(cfg) -> dict:
         cfg, setup.run, model, rollouts, make_step(cfg, ptx),
         lambda b: int(b["mask"].sum()),
         evaluate=(lambda: evaluate_policy(rollouts, eval_prompts)) if eval_prompts else None,
-        save_final=lambda: save_model(policy, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
+        save_final=lambda: save_model(policy, tokenizer, setup.run.final, merge_lora=cfg.merge_lora,
+                                       main=setup.rank == 0),
         rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
         steps_per_epoch=len(train) / (cfg.rollout_batch_size * setup.world) * u, step_multiple=u,
         summary_extra={**summary_extra(setup, train, evals, kind), "algo": cfg.algo, "updates_per_iteration": u},
-        state=run_state(rollouts, ptx))
+        state=run_state(rollouts, ptx),
+        final_summary=lambda: {"kl_coef_per_rank": distributed.all_gather(
+            torch.tensor(rollouts.kl.value, dtype=torch.float64, device=setup.device)).tolist()})
     return trainer.fit()

@@ -16,7 +16,7 @@ from ..models import RewardScorer, load_reward_model, rm_inputs, save_model
 from ..models.load import disable_dropout
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import fingerprint, move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .common import Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
 
 
 def groups(examples: list[dict]) -> list[dict]:
@@ -42,8 +42,8 @@ def collate_groups(items: list[dict], pad_id: int, packing: bool = False) -> dic
 
 
 def group_losses(rewards: torch.Tensor, batch: dict, objective: str, use_margin: bool):
-    """Per-prompt losses and per-prompt (correctly ordered pairs, pairs, mean best-minus-worst margin)."""
-    losses, correct, pairs, margins = [], 0, 0, []
+    """Per-prompt losses, correctly ordered pairs, pairs and best-minus-worst reward margins, each (G,)."""
+    losses, correct, pairs, margins = [], [], [], []
     start = 0
     for size, ranking in zip(batch["group_sizes"].tolist(), batch["rankings"]):
         r = rewards[start:start + size][None]
@@ -51,18 +51,18 @@ def group_losses(rewards: torch.Tensor, batch: dict, objective: str, use_margin:
         start += size
         if size == 2 and use_margin and batch["margins"] is not None:
             i = len(losses)
-            losses.append(pairwise_loss(r[:, ranking[0, 0]], r[:, ranking[0, 1]], margin=batch["margins"][i:i + 1].to(r.device)))
+            losses.append(pairwise_loss(r[:, ranking[0, 0]], r[:, ranking[0, 1]],
+                                        margin=batch["margins"][i:i + 1].to(r.device)))
         elif objective == "best_of_n" and size > 2:
             losses.append(best_of_n_loss(r, ranking[:, 0]))
         else:
             losses.append(ranking_loss(r, ranking))
         ordered = r.gather(1, ranking)[0].detach()
-        diffs = ordered[:, None] - ordered[None, :]
         upper = torch.triu(torch.ones(size, size, dtype=torch.bool, device=r.device), 1)
-        correct += int((diffs[upper] > 0).sum())
-        pairs += int(upper.sum())
+        correct.append(float(((ordered[:, None] - ordered[None, :])[upper] > 0).sum()))
+        pairs.append(float(upper.sum()))
         margins.append(float(ordered[0] - ordered[-1]))
-    return torch.cat(losses), correct, pairs, margins
+    return torch.cat(losses), *(torch.tensor(x) for x in (correct, pairs, margins))
 
 
 def make_step(cfg):
@@ -72,23 +72,23 @@ def make_step(cfg):
         loss = losses.sum()
         if cfg.center_rewards_coef:
             loss = loss + centering_loss(rewards, cfg.center_rewards_coef).mean() * len(losses)
-        return loss, {"accuracy": correct / max(pairs, 1), "margin": sum(margins) / len(margins),
+        return loss, {"accuracy": float(correct.sum() / pairs.sum()), "margin": float(margins.mean()),
                       "rewards/mean": float(rewards.detach().mean())}
     return step
 
 
 @torch.no_grad()
-def evaluate_rm(scorer, items, pad_id, batch_size, device, cfg) -> dict:
+def evaluate_rm(scorer, items, pad_id, setup) -> dict:
+    """Held-out loss, pairwise accuracy and best-minus-worst margin; each process its share."""
     scorer.eval()
-    loss, correct, pairs, margins = 0.0, 0, 0, []
-    for i in range(0, len(items), batch_size):
-        batch = move(collate_groups(items[i:i + batch_size], pad_id), device)
-        losses, c, p, m = group_losses(scorer(**rm_inputs(batch)), batch,
-                                       cfg.ranking_objective, cfg.use_margin)
-        loss += float(losses.sum())
-        correct, pairs, margins = correct + c, pairs + p, margins + m
-    return {"loss": loss / max(len(items), 1), "accuracy": correct / max(pairs, 1),
-            "margin": sum(margins) / max(len(margins), 1)}
+    cfg, means = setup.cfg, Means()
+    for part, weights in shares(items, cfg.batch_size, setup):
+        batch = move(collate_groups(part, pad_id), setup.device)
+        losses, correct, pairs, margins = group_losses(scorer(**rm_inputs(batch)), batch, cfg.ranking_objective,
+                                                       cfg.use_margin)
+        means.add(weights, loss=losses.cpu(), margin=margins)
+        means.add(weights * pairs, accuracy=correct / pairs)
+    return means.result(setup.device)
 
 
 def run_rm(cfg) -> dict:
@@ -104,8 +104,9 @@ def run_rm(cfg) -> dict:
                            seed=cfg.seed, rank=setup.rank, world=setup.world)
     trainer = Trainer(
         cfg, setup.run, scorer, stream, make_step(cfg), lambda b: len(b["group_sizes"]),
-        evaluate=(lambda: evaluate_rm(scorer, eval_items, pad, cfg.batch_size, setup.device, cfg)) if eval_items else None,
-        save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
+        evaluate=(lambda: evaluate_rm(scorer, eval_items, pad, setup)) if eval_items else None,
+        save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora,
+                                       main=setup.rank == 0),
         rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
         steps_per_epoch=steps_per_epoch(setup, len(train_items)),
         summary_extra=summary_extra(setup, train, evals, kind))

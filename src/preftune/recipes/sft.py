@@ -14,7 +14,7 @@ from ..data import DataError, batch_sequences, collate
 from ..models import CausalLMScorer, lm_inputs, load_causal_lm, save_model
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import fingerprint, move, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .common import Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
 
 
 def sft_pairs(examples: list[dict]) -> list[tuple[list[int], list[int]]]:
@@ -32,15 +32,15 @@ def sft_step(model, batch):
 
 
 @torch.no_grad()
-def evaluate_nll(scorer, pairs, pad_id, batch_size, device) -> dict:
+def evaluate_nll(scorer, pairs, pad_id, setup) -> dict:
+    """Held-out NLL per completion token and perplexity; each process its share."""
     scorer.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(pairs), batch_size):
-        batch = move(collate(pairs[i:i + batch_size], pad_id), device)
-        logps, mask = scorer(**lm_inputs(batch))
-        total += -float(logps.sum())
-        count += int(mask.sum())
-    nll = total / max(count, 1)
+    means = Means()
+    for part, weights in shares(pairs, setup.cfg.batch_size, setup):
+        logps, mask = scorer(**lm_inputs(move(collate(part, pad_id), setup.device)))
+        tokens = mask.sum(1).cpu()
+        means.add(weights * tokens, nll=-logps.sum(1).cpu() / tokens.clamp(min=1))
+    nll = means.result(setup.device)["nll"]
     return {"nll": nll, "perplexity": math.exp(min(nll, 50))}
 
 
@@ -67,8 +67,9 @@ def run_sft(cfg) -> dict:
                            cfg.batch_size, cfg.grad_accum, seed=cfg.seed, rank=setup.rank, world=setup.world)
     trainer = Trainer(
         cfg, setup.run, scorer, stream, sft_step, count_tokens,
-        evaluate=(lambda: evaluate_nll(scorer, eval_pairs, pad, cfg.batch_size, setup.device)) if eval_pairs else None,
-        save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora),
+        evaluate=(lambda: evaluate_nll(scorer, eval_pairs, pad, setup)) if eval_pairs else None,
+        save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora,
+                                       main=setup.rank == 0),
         rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
         steps_per_epoch=steps_per_epoch(setup, len(train_pairs)),
         summary_extra={**summary_extra(setup, train, evals, kind), **extra})

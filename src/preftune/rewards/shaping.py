@@ -36,16 +36,17 @@ class RunningMoments:
 
 
 def shape_scores(scores: torch.Tensor, ended: torch.Tensor, *, missing_eos_penalty: float | None,
-                 clip: float, moments: RunningMoments | None) -> torch.Tensor:
+                 clip: float, moments: RunningMoments | None, gather=None) -> torch.Tensor:
     """Penalise completions without EOS, then clip to [−clip, clip] (0 = off), then normalise by the
-    running mean and std (when ``moments`` is given)."""
+    running mean and std (when ``moments`` is given), updated with ``gather(scores)`` — every
+    process's scores, so that all hold the same statistics."""
     scores = scores.clone()
     if missing_eos_penalty is not None:
         scores[~ended] -= missing_eos_penalty
     if clip > 0:
         scores = scores.clamp(-clip, clip)
     if moments is not None:
-        moments.update(scores)
+        moments.update(gather(scores) if gather else scores)
         scores = (scores - moments.mean) / moments.std
     return scores
 

@@ -50,8 +50,22 @@ def trainable_state(model: torch.nn.Module, masters: dict | None = None) -> dict
     return state
 
 
+def _publish(tmp: Path, final: Path, folder: Path, keep: int) -> Path:
+    """Flush the files written into ``tmp``, rename it into place, keep the last ``keep``."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def save(folder: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int, *,
          masters: dict | None = None) -> Path:
+    """One process's whole state (DDP ranks hold the same): weights, optimizer, scheduler, RNG."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{step}"
     tmp = folder / f".tmp-{PREFIX}{step}"
@@ -61,13 +75,30 @@ def save(folder: Path, step: int, model, optimizer, scheduler, extra: dict, keep
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
                tmp / "trainer_state.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
-    for f in tmp.iterdir():  # flush file contents before the rename makes them visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    return _publish(tmp, final, folder, keep)
+
+
+def save_sharded(folder: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int, *,
+                 rank: int, world: int) -> Path:
+    """FSDP2: each process writes its shards of the weights and optimizer state through
+    ``torch.distributed.checkpoint`` into a temporary folder that rank 0 renames into place once all
+    have written (a collective: every process calls it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from .distributed import barrier
+    final, tmp = folder / f"{PREFIX}{step}", folder / f".tmp-{PREFIX}{step}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp / "shards"))
+    if rank == 0:
+        torch.save({"scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "trainer_state.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "sharded_over": world, **extra}))
+        _publish(tmp, final, folder, keep)
+    barrier()
     return final
 
 
@@ -84,32 +115,51 @@ class CheckpointError(RuntimeError):
 
 def read(path: Path) -> dict:
     """Every file of a checkpoint, read and parsed before anything is applied: {"weights", "trainer",
-    "state"}. Raises CheckpointError naming the path."""
+    "state"} (a sharded checkpoint's shards are read by ``apply``, collectively). Raises
+    CheckpointError naming the path."""
     try:
-        return {"state": json.loads((path / "state.json").read_text()),
-                "weights": load_file(path / "model.safetensors"),
-                "trainer": torch.load(path / "trainer_state.pt", weights_only=True)}
+        state = json.loads((path / "state.json").read_text())
+        sharded = "sharded_over" in state
+        if sharded and not (path / "shards" / ".metadata").exists():
+            raise FileNotFoundError("shards/.metadata is missing")
+        return {"state": state, "weights": None if sharded else load_file(path / "model.safetensors"),
+                "trainer": torch.load(path / "trainer_state.pt", weights_only=True), "path": path}
     except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
         first = (str(e).strip().splitlines() or [""])[0]
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {first})") from e
 
 
-def apply(saved: dict, model, optimizer, scheduler, *, masters: dict | None = None) -> dict:
-    """Restore a ``read`` checkpoint into the given objects (and float32 ``masters``, bf16 runs);
-    returns its state.json."""
-    weights = saved["weights"]
-    # Tied weights are stored once; loading one name fills the shared tensor, so only
-    # unexpected names are an error.
-    unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
-    if unexpected:
-        raise CheckpointError(f"checkpoint holds weights this model lacks: {unexpected[:5]}")
-    with torch.no_grad():
-        for name, master in (masters or {}).items():
-            master.copy_(weights[name])
-    optimizer.load_state_dict(saved["trainer"]["optimizer"])
+def apply(saved: dict, model, optimizer, scheduler, *, masters: dict | None = None, world: int | None = None) -> dict:
+    """Restore a ``read`` checkpoint into the given objects (and float32 ``masters``, bf16 runs; for a
+    sharded checkpoint, ``world`` processes of an FSDP2 model, collectively); returns its state.json."""
+    state = saved["state"]
+    if ("sharded_over" in state) != (world is not None):
+        raise CheckpointError(f"checkpoint {saved['path']} was made {'with' if 'sharded_over' in state else 'without'}"
+                              " --fsdp; resume the same way")
+    if world is not None:
+        if state["sharded_over"] != world:
+            raise CheckpointError(f"checkpoint {saved['path']} is sharded over {state['sharded_over']} processes; "
+                                  f"resume with as many (not {world})")
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        model_state, optim_state = get_state_dict(model, optimizer)
+        shards = {"model": model_state, "optimizer": optim_state}
+        dcp.load(shards, checkpoint_id=str(saved["path"] / "shards"))
+        set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
+    else:
+        weights = saved["weights"]
+        # Tied weights are stored once; loading one name fills the shared tensor, so only
+        # unexpected names are an error.
+        unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
+        if unexpected:
+            raise CheckpointError(f"checkpoint holds weights this model lacks: {unexpected[:5]}")
+        with torch.no_grad():
+            for name, master in (masters or {}).items():
+                master.copy_(weights[name])
+        optimizer.load_state_dict(saved["trainer"]["optimizer"])
     scheduler.load_state_dict(saved["trainer"]["scheduler"])
     _set_rng_state(saved["trainer"]["rng"])
-    return saved["state"]
+    return state
 
 
 def load(path: Path, model, optimizer, scheduler, *, masters: dict | None = None) -> dict:

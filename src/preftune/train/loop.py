@@ -104,6 +104,7 @@ class Trainer:
     data_fingerprint: str | None = None           # of the tokenised training rows: a resume must see the same
     steps_per_epoch: float | None = None          # optimizer steps in one pass over the training data (--epochs)
     step_multiple: int = 1                        # the run's length is rounded up to a multiple of this
+    final_summary: Callable[[], dict] | None = None   # () -> summary entries at the end (every process calls it)
 
     def __post_init__(self):
         cfg = self.cfg
@@ -114,10 +115,16 @@ class Trainer:
         else:
             steps = 100
         self.max_steps = max(1, math.ceil(steps / self.step_multiple)) * self.step_multiple
-        # bfloat16: parameters become bf16 copies before DDP builds its buckets, and the optimizer
-        # steps their float32 masters
-        self.master = MasterWeights(self.model) if cfg.dtype == "bfloat16" else None
-        self.ddp_model = distributed.wrap(self.model, self.device)
+        self.fsdp = bool(getattr(cfg, "fsdp", False))
+        if self.fsdp:   # FSDP2's mixed precision replaces the master weights: bf16 compute, float32 shards
+            self.master = None
+            self.ddp_model = distributed.shard(self.model, compute_dtype=torch.bfloat16
+                                               if cfg.dtype == "bfloat16" else None)
+        else:
+            # bfloat16: parameters become bf16 copies before DDP builds its buckets, and the optimizer
+            # steps their float32 masters
+            self.master = MasterWeights(self.model) if cfg.dtype == "bfloat16" else None
+            self.ddp_model = distributed.wrap(self.model, self.device)
         self.params = (list(self.master.masters.values()) if self.master is not None else
                        [p for p in self.model.parameters() if p.requires_grad])
         # fused: one kernel for all parameters (CPU and GPU), measurably cheaper than the loop
@@ -149,7 +156,11 @@ class Trainer:
                 print(f"--resume: {e}; trying the one before", file=sys.stderr)
                 continue
             self._check_same_run(saved["state"], path)
-            state = checkpoint.apply(saved, self.model, self.optimizer, self.scheduler, masters=self._masters())
+            try:
+                state = checkpoint.apply(saved, self.model, self.optimizer, self.scheduler, masters=self._masters(),
+                                         world=self.world if self.fsdp else None)
+            except checkpoint.CheckpointError as e:
+                raise TrainingError(f"--resume: {e}") from None
             self.step = state["step"]
             self.bad_total = state.get("bad_steps", 0)
             if self.state is not None:
@@ -178,11 +189,13 @@ class Trainer:
                                 "the same ones, or start over with --overwrite true)")
 
     def _save_checkpoint(self) -> None:
-        if self.rank == 0:
-            checkpoint.save(self.run.checkpoints, self.step, self.model, self.optimizer, self.scheduler,
-                            {"bad_steps": self.bad_total, "recipe": self.state[0]() if self.state else {},
-                             "config": resume_settings(self.cfg), "data": self.data_fingerprint,
-                             "total_steps": self.max_steps},
+        extra = {"bad_steps": self.bad_total, "recipe": self.state[0]() if self.state else {},
+                 "config": resume_settings(self.cfg), "data": self.data_fingerprint, "total_steps": self.max_steps}
+        if self.fsdp:
+            checkpoint.save_sharded(self.run.checkpoints, self.step, self.model, self.optimizer, self.scheduler, extra,
+                                    self.cfg.keep_checkpoints, rank=self.rank, world=self.world)
+        elif self.rank == 0:
+            checkpoint.save(self.run.checkpoints, self.step, self.model, self.optimizer, self.scheduler, extra,
                             self.cfg.keep_checkpoints, masters=self._masters())
         distributed.barrier()
 
@@ -201,7 +214,9 @@ class Trainer:
             # gradients are reduced at the last micro-batch, or at each one when bf16 gradients move
             # into float32 sums after every backward
             reduce_now = m == len(micro) - 1 or self.world == 1 or self.master is not None
-            with nullcontext() if reduce_now else self.ddp_model.no_sync():
+            if self.fsdp:
+                self.ddp_model.set_requires_gradient_sync(m == len(micro) - 1)
+            with nullcontext() if reduce_now or self.fsdp else self.ddp_model.no_sync():
                 loss, metrics = self.step_fn(self.ddp_model, batch)
                 finite &= bool(torch.isfinite(loss.detach()))
                 (loss * self.world / max(total, 1)).backward()
@@ -212,6 +227,8 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + float(v) * n
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):   # FSDP2: the norm over every shard
+            grad_norm = grad_norm.full_tensor()
         keys = sorted(sums)
         reduced = distributed.all_sum([loss_sum, float(not finite)] + [sums[k] for k in keys], self.device)
         finite = reduced[1] == 0 and math.isfinite(float(grad_norm))
@@ -280,9 +297,13 @@ class Trainer:
             summary["eval"] = final_eval if final_eval is not None else self._evaluate()
         if self.master is not None:
             self.master.release()
-        if self.rank == 0 and self.save_final:
-            self.save_final()
+        if self.save_final:
+            self.save_final()   # every process: an FSDP2 model is gathered for rank 0 to write
         distributed.barrier()
+        summary["peak_memory_mb"] = distributed.all_gather(
+            torch.tensor(distributed.peak_memory_mb(self.device), device=self.device)).tolist()
+        if self.final_summary:
+            summary.update(self.final_summary())
         self.run.write_summary(summary)
         self.run.close()
         return summary
