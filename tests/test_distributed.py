@@ -48,10 +48,11 @@ def args(recipe, model, data, out, *extra):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe,rows,dtype,tol", [("sft", PAIRS, "float32", 1e-5), ("dpo", PREFS, "float32", 1e-5),
-                                                   ("sft", PAIRS, "bfloat16", 5e-3)])
+                                                   ("sft", PAIRS, "bfloat16", 2e-3)])
 def test_fsdp_two_processes_match_one(tiny_model, tmp_path, recipe, rows, dtype, tol):
     """Same global batch (2 × 2 against 4); bfloat16: FSDP's mixed precision (bf16 compute from
-    float32 shards) against one process's bf16 weights over float32 masters, hence the tolerance."""
+    float32 shards) against one process's bf16 weights over float32 masters, hence the tolerance
+    (measured: 8e-7 SFT and 6e-8 DPO in float32, 5e-4 SFT in bfloat16)."""
     data = write_jsonl(tmp_path / "d.jsonl", rows)
     common = ["--max_steps", "5", "--dtype", dtype, "--max_length", "64"]
     assert main(args(recipe, tiny_model, data, tmp_path / "one", *common, "--batch_size", "4")) == 0
