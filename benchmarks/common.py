@@ -10,6 +10,9 @@ Shapes:
   completions log-normal around 160, some past 1,000), max_length 1024 with the tail truncated —
   the spread of UltraFeedback / HH-RLHF.
 * ``large``: the realistic data on hidden 768, 12 layers, 12 heads, intermediate 2048 (≈ 100 M).
+* ``gpu``: the realistic data on a Qwen2-0.5B-shaped model (hidden 896, 24 layers, 14 heads, 2 KV
+  heads, intermediate 4864, vocabulary 151,936: ≈ 0.5 B parameters), randomly initialised — for
+  ``gpu_check.py``.
 """
 from __future__ import annotations
 
@@ -34,21 +37,29 @@ SHAPES = {
                       pairs=256),
     "large": dict(hidden=768, layers=12, heads=12, intermediate=2048, max_length=1024, max_prompt_length=512,
                   pairs=256),
+    "gpu": dict(hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936, arch="qwen2",
+                max_length=1024, max_prompt_length=512, pairs=1024),
 }
 VOCAB = 4096
 
 
-def peak_rss_mb() -> float:
+def peak_memory_mb(device: str = "cpu") -> float:
+    """Peak GPU memory allocated on CUDA, peak RSS on CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_peak_gflops(dtype=torch.float32, sizes=(512, 1024, 2048), windows: int = 4, seconds: float = 0.4) -> float:
+def matmul_peak_gflops(dtype=torch.float32, sizes=(512, 1024, 2048), windows: int = 4, seconds: float = 0.4,
+                       device: str = "cpu") -> float:
     """Measured dense matmul rate on this machine (GFLOP/s), the denominator of MFU: the best of
     several short windows over several square sizes, since a shared machine's noise only ever slows
-    it down and no single size is the fastest for every dtype."""
+    it down and no single size is the fastest for every dtype (GPUs: 4096² and 8192² as well)."""
     best = 0.0
+    if device.startswith("cuda"):
+        sizes = (*sizes, 4096, 8192)
     for n in sizes:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
         for _ in range(3):
             a @ b
         for _ in range(windows):
@@ -56,6 +67,8 @@ def matmul_peak_gflops(dtype=torch.float32, sizes=(512, 1024, 2048), windows: in
             while time.perf_counter() - start < seconds:
                 a @ b
                 count += 1
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
             best = max(best, 2 * n ** 3 * count / (time.perf_counter() - start) / 1e9)
     return best
 
@@ -90,6 +103,7 @@ def bench_args() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--batch_size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--peak", type=float, default=0, help="matmul GFLOP/s for MFU (default: measure)")
     return ap
 

@@ -48,10 +48,23 @@ def main():
     out = Path(args.out) / args.shape
     out.mkdir(parents=True, exist_ok=True)
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from preftune.models.tiny import build_tiny
+    from preftune.models.tiny import build_tiny, build_tokenizer
     rng = random.Random(1)
-    build_tiny(out / "model", [sentence(rng, 5, 40) for _ in range(5000)], vocab_size=VOCAB, hidden=shape["hidden"],
-               layers=shape["layers"], heads=shape["heads"], intermediate=shape["intermediate"])
+    texts = [sentence(rng, 5, 40) for _ in range(5000)]
+    if shape.get("arch") == "qwen2":   # a Qwen2-shaped model on the benchmark tokenizer (its ids < 4096)
+        import torch
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+        torch.manual_seed(0)
+        tokenizer = build_tokenizer(texts, VOCAB)
+        config = Qwen2Config(vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
+                             num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
+                             intermediate_size=shape["intermediate"], tie_word_embeddings=True,
+                             max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        Qwen2ForCausalLM(config).save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+    else:
+        build_tiny(out / "model", texts, vocab_size=VOCAB, hidden=shape["hidden"], layers=shape["layers"],
+                   heads=shape["heads"], intermediate=shape["intermediate"])
     rows = preference_rows(shape["pairs"], args.shape)
     with open(out / "prefs.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -60,7 +73,8 @@ def main():
     tok = AutoTokenizer.from_pretrained(out / "model")
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     linear = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, __import__("torch").nn.Linear))
-    stats = {"shape": args.shape, **shape, "vocab": VOCAB, "params": sum(p.numel() for p in model.parameters()),
+    stats = {"shape": args.shape, **shape, "vocab": shape.get("vocab", VOCAB),
+             "params": sum(p.numel() for p in model.parameters()),
              "decoder_linear_params": linear,
              "per_sample": {"dpo": token_stats(rows, ("chosen", "rejected"), tok, shape),
                             "sft": token_stats([{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows],

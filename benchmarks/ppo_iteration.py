@@ -1,7 +1,7 @@
 """One PPO iteration on the benchmark model, timed by phase: generation, reference + reward + critic
 scoring, and optimisation; generated tokens/s and peak RSS. Prints one JSON line.
 
-    python benchmarks/ppo_iteration.py --assets /tmp/preftune-bench
+    python benchmarks/ppo_iteration.py --shape tiny
 The reward model is the benchmark model with a fresh one-output head (its values do not matter
 for timing); prompts are the benchmark pairs' prompts.
 """
@@ -17,12 +17,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import peak_rss_mb, print_json  # noqa: E402
+from common import SHAPES, ensure_assets, peak_memory_mb, print_json  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--assets", default="/tmp/preftune-bench")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--rollout_batch_size", type=int, default=32)
     ap.add_argument("--max_new_tokens", type=int, default=64)
     ap.add_argument("--iterations", type=int, default=3)
@@ -34,10 +36,7 @@ def main():
     from preftune.config import PPOConfig
     from preftune.recipes import ppo as ppo_recipe
 
-    assets = Path(args.assets)
-    if not (assets / "model").exists():
-        import subprocess
-        subprocess.run([sys.executable, str(Path(__file__).parent / "make_assets.py"), "--out", str(assets)], check=True)
+    assets = ensure_assets(args)
     work = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
     rm = AutoModelForSequenceClassification.from_pretrained(assets / "model", num_labels=1)
     rm.save_pretrained(work / "rm")
@@ -63,7 +62,7 @@ def main():
     cfg = PPOConfig(model=str(assets / "model"), reward=str(work / "rm"), data=str(prompts), output_dir=str(work / "run"),
                     rollout_batch_size=args.rollout_batch_size, batch_size=16, ppo_epochs=2,
                     max_steps=updates * args.iterations, max_new_tokens=args.max_new_tokens, progress=False,
-                    threads=args.threads, dtype=args.dtype, eval_prompts=0)
+                    threads=args.threads, dtype=args.dtype, eval_prompts=0, device=args.device)
     start = time.perf_counter()
     summary = ppo_recipe.run_ppo(cfg)
     wall = summary["wall_s"]
@@ -73,7 +72,7 @@ def main():
                 "generate_s": phases["generate_s"] / n, "score_s": phases["score_s"] / n, "optimise_s": optimise / n,
                 "generated_tokens_per_s": phases["gen_tokens"] / phases["generate_s"],
                 "rollout_batch_size": args.rollout_batch_size, "max_new_tokens": args.max_new_tokens,
-                "peak_rss_mb": peak_rss_mb(), "total_s": time.perf_counter() - start})
+                "peak_memory_mb": peak_memory_mb(args.device), "total_s": time.perf_counter() - start})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bench_args, ensure_assets, matmul_peak_gflops, peak_rss_mb, print_json, step_flops  # noqa: E402
+from common import bench_args, ensure_assets, matmul_peak_gflops, peak_memory_mb, print_json, step_flops  # noqa: E402
 
 
 def main():
@@ -38,7 +38,7 @@ def main():
               output_dir=str(out), max_steps=args.warmup + args.steps, batch_size=args.batch_size,
               max_length=stats["max_length"], max_prompt_length=stats["max_prompt_length"], progress=False,
               threads=args.threads, lr=1e-5, dtype="bfloat16" if args.mode == "bf16" else "float32",
-              lr_scheduler="constant", packing=args.packing == "true")
+              lr_scheduler="constant", packing=args.packing == "true", device=args.device)
     if args.recipe == "dpo":
         cfg.ref = "precomputed" if args.mode == "precomputed" else "model"
     run(cfg)
@@ -49,9 +49,11 @@ def main():
     samples = len(timed) * args.batch_size
     per_sample = stats["per_sample"][args.recipe]
     flops = tokens / per_sample["tokens"] * step_flops(args.recipe, args.mode, stats, per_sample)
-    peak = args.peak or matmul_peak_gflops(torch.bfloat16 if args.mode == "bf16" else torch.float32)
+    peak = args.peak or matmul_peak_gflops(torch.bfloat16 if args.mode == "bf16" else torch.float32,
+                                           device=args.device)
     print_json({"impl": "preftune", "recipe": args.recipe, "mode": args.mode, "shape": args.shape,
-                "tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds, "peak_rss_mb": peak_rss_mb(),
+                "tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds,
+                "peak_memory_mb": peak_memory_mb(args.device),
                 "mfu": flops / seconds / (peak * 1e9), "peak_gflops": peak, "params": stats["params"],
                 "steps_timed": len(timed), "threads": args.threads, "packing": cfg.packing})
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bench_args, matmul_peak_gflops, peak_rss_mb, print_json, step_flops  # noqa: E402
+from common import bench_args, matmul_peak_gflops, peak_memory_mb, print_json, step_flops  # noqa: E402
 
 
 def counting(trainer_cls):
@@ -57,7 +57,8 @@ def main():
         model = AutoModelForCausalLM.from_pretrained(assets / "model")
     common = dict(output_dir=tempfile.mkdtemp(prefix="trl-"), per_device_train_batch_size=args.batch_size,
                   max_steps=args.warmup + args.steps, learning_rate=1e-5, lr_scheduler_type="constant",
-                  logging_steps=1000, save_strategy="no", report_to="none", use_cpu=True, bf16=args.mode == "bf16",
+                  logging_steps=1000, save_strategy="no", report_to="none", use_cpu=args.device == "cpu",
+                  bf16=args.mode == "bf16",
                   dataloader_num_workers=0, max_length=stats["max_length"], seed=0, disable_tqdm=True,
                   gradient_checkpointing=False)
 
@@ -82,10 +83,11 @@ def main():
     samples = args.steps * args.batch_size
     per_sample = stats["per_sample"][args.recipe]
     flops = tokens / per_sample["tokens"] * step_flops(args.recipe, args.mode, stats, per_sample)
-    peak = args.peak or matmul_peak_gflops(torch.bfloat16 if args.mode == "bf16" else torch.float32)
+    peak = args.peak or matmul_peak_gflops(torch.bfloat16 if args.mode == "bf16" else torch.float32,
+                                           device=args.device)
     print_json({"impl": f"trl {trl.__version__}", "recipe": args.recipe, "mode": args.mode, "shape": args.shape,
                 "tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds, "mfu": flops / seconds / (peak * 1e9),
-                "peak_gflops": peak, "peak_rss_mb": peak_rss_mb(), "params": stats["params"],
+                "peak_gflops": peak, "peak_memory_mb": peak_memory_mb(args.device), "params": stats["params"],
                 "steps_timed": args.steps, "threads": args.threads})
 
 

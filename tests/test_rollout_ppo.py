@@ -105,9 +105,9 @@ def test_rl_raises_programmatic_reward_with_bounded_kl(tiny_lm, tmp_path, algo, 
     first, final = m[0]["rollout/reward_mean"], m[-1]
     assert final["eval/reward"] >= max(0.15, 3 * first), (first, final["eval/reward"])
     assert final["eval/kl"] < 15, final["eval/kl"]
-    for key in ("rollout/reward_std", "rollout/kl", "policy/entropy", "policy/clipfrac", "policy/approx_kl",
-                "policy/loss", "rollout/response_length", "rollout/eos_share", "rollout/gen_tokens_per_s", "tokens_per_s"):
-        assert key in final
+    for key in ("rollout/reward_std", "rollout/kl", "policy/clipfrac", "policy/approx_kl", "policy/loss",
+                "rollout/response_length", "rollout/eos_share", "rollout/gen_tokens_per_s", "tokens_per_s"):
+        assert key in final   # (policy/entropy only with an entropy bonus: test_device.py)
     if algo == "ppo":
         assert "critic/loss" in final and "critic/explained_variance" in final
 

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +22,16 @@ import yaml
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def opt(default, help: str, choices=None, *, bounds: str | None = None):
-    """A config field with its help text (shown by ``--help``), its allowed ``choices`` and its
-    ``bounds`` as an interval, e.g. ``"(0, inf)"`` or ``"[0, 0.5)"``."""
+def opt(default, help: str, choices=None, *, bounds: str | None = None, pattern: str | None = None):
+    """A config field with its help text (shown by ``--help``), its allowed ``choices``, its
+    ``bounds`` as an interval (``"(0, inf)"``, ``"[0, 0.5)"``) or a regular-expression ``pattern``."""
     meta = {"help": help}
     if choices:
         meta["choices"] = choices
     if bounds:
         meta["bounds"] = bounds
+    if pattern:
+        meta["pattern"] = pattern
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -101,6 +104,8 @@ class Config:
                 raise ValueError(f"--{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
             if bounds and value is not None and (math.isnan(value) or not _in_bounds(value, bounds)):
                 raise ValueError(f"--{f.name} must be {_describe(bounds)}; got {value!r}")
+            if f.metadata.get("pattern") and not re.fullmatch(f.metadata["pattern"], value):
+                raise ValueError(f"--{f.name} must be one of {f.metadata['pattern'].replace('|', ', ')}; got {value!r}")
             setattr(self, f.name, value)
 
 
@@ -125,11 +130,23 @@ class DataConfig(Config):
                                    "rejected_rows.jsonl (skip)", ["error", "skip"])
 
 
+DEVICES = r"auto|cpu|cuda|cuda:\d+"
+
+
 @dataclass
-class ModelConfig(Config):
-    model: str = opt(None, "model: a local folder or a hub name")
-    dtype: str = opt("float32", "compute precision: float32, or bfloat16 compute with float32 master weights",
+class DeviceConfig(Config):
+    """Where and in what precision a command's models run (every command)."""
+    device: str = opt("auto", "where models run: auto (the GPU when there is one — under torchrun the local rank's — "
+                              "else the CPU), cpu, cuda or cuda:N", pattern=DEVICES)
+    dtype: str = opt("float32", "precision of the models: float32, or bfloat16 (advised on GPUs)",
                      ["float32", "bfloat16"])
+
+
+@dataclass
+class ModelConfig(DeviceConfig):
+    model: str = opt(None, "model: a local folder or a hub name")
+    dtype: str = opt("float32", "compute precision: float32, or bfloat16 compute over float32 master weights "
+                                "(advised on GPUs; frozen models then load in bf16)", ["float32", "bfloat16"])
     trust_remote_code: bool = opt(False, "allow a hub model's own Python code to run")
     lora_r: int = opt(0, "LoRA rank; 0 trains all weights", bounds=NON_NEGATIVE)
     lora_alpha: int = opt(16, "LoRA alpha", bounds=POSITIVE)
@@ -244,6 +261,8 @@ class PPOConfig(TrainConfig):
                                   "trunk (shared)", ["separate", "shared"])
     value_model: str = opt(None, "initial critic weights (default: the reward model; with a callable reward: --model)")
     rollout_batch_size: int = opt(16, "prompts per iteration per process", bounds=AT_LEAST_ONE)
+    forward_batch_size: int = opt(64, "sequences per forward pass when generating and scoring a rollout (policy, "
+                                      "reference, critic, reward model)", bounds=AT_LEAST_ONE)
     num_samples: int = opt(1, "completions per prompt (rloo and grpo need ≥ 2)", bounds=AT_LEAST_ONE)
     ppo_epochs: int = opt(2, "passes over each rollout batch", bounds=AT_LEAST_ONE)
     max_new_tokens: int = opt(24, "longest completion", bounds=AT_LEAST_ONE)

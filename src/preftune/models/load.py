@@ -60,10 +60,6 @@ def _lora(model, cfg, task_type: str):
     return get_peft_model(model, config)
 
 
-def _bf16(cfg) -> bool:
-    return cfg is not None and getattr(cfg, "dtype", "float32") == "bfloat16"
-
-
 # Model types whose attention ``models.attention`` reproduces and whose forward passes its packing
 # index down to it: for these, a packed sequence's log-probs (and reward) equal its own alone
 # (tests/test_architectures.py, one tiny random model per type). Other types (Falcon, BLOOM, MPT,
@@ -74,7 +70,7 @@ PACKED_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "phi", 
 def _use_packed_attention(model, cfg) -> None:
     """``models.attention`` (packed batches attend sequence by sequence) for the model types above;
     other types, and remote code, keep their own default."""
-    if not (cfg is not None and cfg.trust_remote_code) and model.config.model_type in PACKED_TYPES:
+    if not getattr(cfg, "trust_remote_code", False) and model.config.model_type in PACKED_TYPES:
         model.set_attn_implementation(ATTENTION)
 
 
@@ -88,33 +84,37 @@ def packs_exactly(model) -> bool:
 def _load_dtype(cfg, trainable: bool) -> torch.dtype:
     """Trained models load in float32 (the Trainer keeps float32 masters and computes in bfloat16
     with ``--dtype bfloat16``); frozen ones load straight in the compute dtype."""
-    return torch.bfloat16 if _bf16(cfg) and not trainable else torch.float32
+    return torch.bfloat16 if getattr(cfg, "dtype", "float32") == "bfloat16" and not trainable else torch.float32
 
 
 def _finish(model, cfg, trainable: bool, task_type: str):
     _use_packed_attention(model, cfg)
-    if trainable and getattr(cfg, "gradient_checkpointing", False):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if trainable and cfg is not None and cfg.lora_r > 0:
-        model = _lora(model, cfg, task_type)
     if not trainable:
         model.eval().requires_grad_(False)
+    if trainable and getattr(cfg, "gradient_checkpointing", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if trainable and getattr(cfg, "lora_r", 0) > 0:
+        model = _lora(model, cfg, task_type)
     return model
 
 
-def load_causal_lm(name: str, cfg=None, *, trainable: bool = True):
-    """A causal LM; with ``cfg.lora_r > 0`` and ``trainable``, LoRA adapters wrap it."""
-    trust = bool(cfg and cfg.trust_remote_code)
+def load_causal_lm(name: str, cfg=None, *, trainable: bool = True, device=None):
+    """A causal LM, loaded straight onto ``device`` in its dtype (float32 for training, whose bf16
+    copies the trainer makes; frozen models in the compute dtype); with ``cfg.lora_r > 0`` and
+    ``trainable``, LoRA adapters wrap it."""
+    trust = bool(getattr(cfg, "trust_remote_code", False))
     model = AutoModelForCausalLM.from_pretrained(_source(name), dtype=_load_dtype(cfg, trainable), trust_remote_code=trust,
-                                                 use_safetensors=True)
+                                                 use_safetensors=True, device_map=str(device) if device else None)
     return _finish(model, cfg, trainable, "CAUSAL_LM")
 
 
-def load_reward_model(name: str, cfg=None, *, trainable: bool = True, pad_token_id: int | None = None):
-    """A sequence classifier with one output (a scalar reward), as the notes recommend."""
-    trust = bool(cfg and cfg.trust_remote_code)
+def load_reward_model(name: str, cfg=None, *, trainable: bool = True, pad_token_id: int | None = None, device=None):
+    """A sequence classifier with one output (a scalar reward), as the notes recommend, loaded
+    straight onto ``device``."""
+    trust = bool(getattr(cfg, "trust_remote_code", False))
     model = AutoModelForSequenceClassification.from_pretrained(
-        _source(name), num_labels=1, dtype=_load_dtype(cfg, trainable), trust_remote_code=trust, use_safetensors=True)
+        _source(name), num_labels=1, dtype=_load_dtype(cfg, trainable), trust_remote_code=trust, use_safetensors=True,
+        device_map=str(device) if device else None)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return _finish(model, cfg, trainable, "SEQ_CLS")

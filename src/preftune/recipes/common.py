@@ -41,7 +41,7 @@ def start(cfg) -> Setup:
     """Threads, process group, seeds, the run folder with its config.yaml."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world, device = distributed.init(fsdp=getattr(cfg, "fsdp", False))
+    rank, world, device = distributed.init(fsdp=cfg.fsdp, device=cfg.device, dtype=cfg.dtype)
     if cfg.max_prompt_length >= cfg.max_length:
         if rank == 0:
             print(f"--max_prompt_length {cfg.max_prompt_length} ≥ --max_length {cfg.max_length}: prompts are cut to "

@@ -163,7 +163,7 @@ def run_dpo(cfg) -> dict:
             raise ValueError(f"{cfg.data}: ranking rows must all have the same number of completions, found {sorted(ks)}")
         if ks != {2} and (cfg.loss != "sigmoid" or cfg.ref == "none"):
             raise ValueError("ranking data trains with Plackett–Luce: use --loss sigmoid with a reference")
-    model = load_causal_lm(cfg.model, cfg).to(setup.device)
+    model = load_causal_lm(cfg.model, cfg, device=setup.device)
     disable_dropout(model)
     scorer = CausalLMScorer(model)
     reference = None if cfg.loss in REFERENCE_FREE else Reference(cfg, scorer, tokenizer, setup.device)

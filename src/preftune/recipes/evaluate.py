@@ -7,20 +7,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from ..config import Config, opt
+from ..config import DeviceConfig, opt
 from ..data import BadRows
 from ..eval import elo_ratings, sample_and_score, win_rate
 from ..eval.report import markdown, plot, write_csv
 from ..models import load_causal_lm, load_tokenizer
+from ..models.device import prepare, resolve
 from ..rewards import load_reward_source
 from .generate import prompt_examples
 
 
 @dataclass
-class EvalConfig(Config):
+class EvalConfig(DeviceConfig):
     policies: dict = opt({}, "policies to compare, {name: folder}; each row's method is the name before any '@'")
     ref_model: str = opt(None, "π_ref (π_SFT): KL is measured against it and win rates are against its samples")
     data: str = opt(None, "held-out prompts")
@@ -34,16 +36,17 @@ class EvalConfig(Config):
 
 def evaluate_policies(policies: list[dict], ref_model: str, prompts_source: str, reward_fn, out: Path, *,
                       num_prompts: int, max_new_tokens: int, seed: int = 0, samples_shown: int = 3,
-                      title: str = "reward vs KL", extra_md: str = "") -> list[dict]:
+                      title: str = "reward vs KL", extra_md: str = "", device=None, dtype: str = "float32") -> list[dict]:
     """policies: [{name, path, method, beta}]; the reference itself is evaluated as method 'sft'."""
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(ref_model)
     prompts = prompt_examples(tok, prompts_source, 256, BadRows("error"))[:num_prompts]
-    ref = load_causal_lm(ref_model, trainable=False)
+    precision = SimpleNamespace(dtype=dtype)
+    ref = load_causal_lm(ref_model, precision, trainable=False, device=device)
     entries = [{"name": "sft", "path": ref_model, "method": "sft", "beta": None}] + list(policies)
     results = {}
     for e in entries:
-        lm = ref if e["path"] == ref_model else load_causal_lm(e["path"], trainable=False)
+        lm = ref if e["path"] == ref_model else load_causal_lm(e["path"], precision, trainable=False, device=device)
         results[e["name"]] = sample_and_score(lm, ref, tok, prompts, reward_fn, max_new_tokens=max_new_tokens, seed=seed)
     elo = elo_ratings({n: r.rewards for n, r in results.items()}, anchor="sft")
     rows = []
@@ -62,11 +65,14 @@ def evaluate_policies(policies: list[dict], ref_model: str, prompts_source: str,
 
 
 def run_eval(cfg: EvalConfig) -> None:
+    device = resolve(cfg.device)
+    prepare(device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     policies = [{"name": n, "path": p, "method": n.split("@")[0], "beta": None} for n, p in cfg.policies.items()]
-    rows = evaluate_policies(policies, cfg.ref_model, cfg.data, load_reward_source(cfg.reward), Path(cfg.output_dir),
+    reward_fn = load_reward_source(cfg.reward, device=device, dtype=cfg.dtype)
+    rows = evaluate_policies(policies, cfg.ref_model, cfg.data, reward_fn, Path(cfg.output_dir),
                              num_prompts=cfg.num_prompts, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                             samples_shown=cfg.samples_shown)
+                             samples_shown=cfg.samples_shown, device=device, dtype=cfg.dtype)
     for r in rows:
         print(json.dumps({k: r[k] for k in ("name", "reward", "kl", "win_rate_vs_sft", "elo")}))
     print(f"report: {Path(cfg.output_dir) / 'report.md'}")

@@ -6,14 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import Config, opt
+from ..config import DeviceConfig, opt
 from ..data import BadRows, DataError, Encoder, detect_kind, load_rows, validate
 from ..models import load_causal_lm, load_tokenizer
+from ..models.device import prepare, resolve
 from ..rollout import generate
 
 
 @dataclass
-class GenerateConfig(Config):
+class GenerateConfig(DeviceConfig):
     model: str = opt(None, "model folder or hub name")
     data: str = opt(None, "prompts: any dataset with a 'prompt' column (or messages)")
     output: str = opt("completions.jsonl", "output JSONL: prompt, completion, ended_with_eos")
@@ -45,9 +46,11 @@ def prompt_examples(tokenizer, source: str, max_prompt_length: int, bad: BadRows
 
 
 def run_generate(cfg: GenerateConfig) -> None:
+    device = resolve(cfg.device)
+    prepare(device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    model = load_causal_lm(cfg.model, cfg, trainable=False)
+    model = load_causal_lm(cfg.model, cfg, trainable=False, device=device)
     prompts = prompt_examples(tok, cfg.data, cfg.max_prompt_length, BadRows(cfg.on_bad_row))
     ids = [p["prompt_ids"] for p in prompts for _ in range(cfg.num_samples)]
     gen = generate(model, ids, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, max_new_tokens=cfg.max_new_tokens,

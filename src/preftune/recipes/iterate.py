@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DPOConfig, PPOConfig, RMConfig, opt
+from ..models.device import resolve
 from ..rewards import load_reward_source
 from .dpo import run_dpo
 from .generate import GenerateConfig, run_generate
@@ -51,7 +52,7 @@ def run_iterate(cfg: IterateConfig) -> list[dict]:
         raise ValueError("--reward is required")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reward_fn = load_reward_source(cfg.reward)
+    reward_fn = load_reward_source(cfg.reward, device=resolve(cfg.device), dtype=cfg.dtype)
     policy, history, all_pairs = cfg.model, [], []
     for r in range(cfg.rounds):
         rd = out / f"round-{r}"
@@ -59,7 +60,8 @@ def run_iterate(cfg: IterateConfig) -> list[dict]:
         samples = rd / "samples.jsonl"
         run_generate(GenerateConfig(model=policy, data=cfg.data, output=str(samples), num_samples=cfg.num_samples,
                                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                                    top_p=cfg.top_p, seed=cfg.seed + r, max_prompt_length=cfg.max_prompt_length))
+                                    top_p=cfg.top_p, seed=cfg.seed + r, max_prompt_length=cfg.max_prompt_length,
+                                    device=cfg.device, dtype=cfg.dtype))
         stats = label_samples(str(samples), reward_fn, rd, cfg.label_temperature, cfg.seed + r)
         history.append({"round": r, "policy": policy, **stats})
         print(json.dumps(history[-1]))

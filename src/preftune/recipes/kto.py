@@ -114,7 +114,7 @@ def run_kto(cfg) -> dict:
     if not 1 <= ratio <= 4 / 3 and setup.rank == 0:
         print(f"kto: λ_D·n_D / (λ_U·n_U) = {ratio:.2f}; the KTO paper advises [1, 4/3] "
               "(set --desirable_weight or --undesirable_weight)")
-    model = load_causal_lm(cfg.model, cfg).to(setup.device)
+    model = load_causal_lm(cfg.model, cfg, device=setup.device)
     disable_dropout(model)
     scorer = CausalLMScorer(model)
     reference = Reference(cfg, scorer, tokenizer, setup.device)

@@ -11,14 +11,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config, opt
+from ..config import DeviceConfig, opt
 from ..data import load_rows
+from ..models.device import prepare, resolve
 from ..rewards import load_reward_source
 from ..rewards.labels import preference_rows
 
 
 @dataclass
-class LabelConfig(Config):
+class LabelConfig(DeviceConfig):
     data: str = opt(None, "completions JSONL from `preftune generate` (prompt, completion)")
     reward: str = opt(None, "reward source: reward-model folder or module:function")
     output_dir: str = opt("labels", "folder for pairs.jsonl and rankings.jsonl")
@@ -73,5 +74,8 @@ def label_samples(samples: str, reward_fn, out: Path, temperature: float, seed: 
 
 
 def run_label(cfg: LabelConfig) -> None:
-    stats = label_samples(cfg.data, load_reward_source(cfg.reward), Path(cfg.output_dir), cfg.temperature, cfg.seed)
+    device = resolve(cfg.device)
+    prepare(device, cfg.dtype)
+    reward_fn = load_reward_source(cfg.reward, device=device, dtype=cfg.dtype)
+    stats = label_samples(cfg.data, reward_fn, Path(cfg.output_dir), cfg.temperature, cfg.seed)
     print(json.dumps(stats))

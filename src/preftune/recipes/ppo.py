@@ -43,7 +43,7 @@ class ActorCritic(nn.Module):
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask, labels, ptx: dict | None = None, with_entropy: bool = True) -> dict:
+    def forward(self, input_ids, attention_mask, labels, ptx: dict | None = None, with_entropy: bool = False) -> dict:
         """Per-token log-probs, mask, entropy and values over shifted positions (N, T−1) (values None
         without a critic; position t's value is V of the state before token t+1), and with a ``ptx``
         batch the policy's mean NLL on it — all in one forward call so DDP sees every use."""
@@ -100,11 +100,22 @@ class Rollouts:
         with distributed.gathered(self.model):   # FSDP2: generation calls the policy outside the root module
             gen = generate(self.model.policy.lm, prompt_ids, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                           top_p=cfg.top_p, batch_size=max(len(prompt_ids), 1))
+                           top_p=cfg.top_p, batch_size=cfg.forward_batch_size)
         texts = [tok.decode(c, skip_special_tokens=True) for c in gen.completions]
         scores = torch.tensor(self.reward_fn(prompt_texts, texts), dtype=torch.float32)
         batch = move(collate(list(zip(prompt_ids, gen.completions)), tok.pad_token_id), self.setup.device)
         return batch, scores.to(self.setup.device), torch.tensor(gen.ended, device=self.setup.device), gen, texts
+
+    @torch.no_grad()
+    def score(self, batch: dict):
+        """The rollout's old-policy log-probs, mask, values and reference log-probs, over micro-batches
+        of --forward_batch_size sequences (no entropy: the update computes its own when it needs it)."""
+        parts = []
+        for i in range(0, len(batch["input_ids"]), self.cfg.forward_batch_size):
+            rows = [batch[k][i:i + self.cfg.forward_batch_size] for k in ("input_ids", "attention_mask", "labels")]
+            out = self.model(*rows, with_entropy=False)
+            parts.append((out["logps"], out["mask"], out["values"], self.ref(*rows)[0]))
+        return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts))
 
     @torch.no_grad()
     def make(self, iteration: int) -> None:
@@ -113,9 +124,7 @@ class Rollouts:
         batch, raw, ended, gen, _ = self.sample(self.prompts(iteration, 0), self.cfg.num_samples)
         t_gen = time.perf_counter() - t0
         self.model.eval()
-        out = self.model(batch["input_ids"], batch["attention_mask"], batch["labels"], with_entropy=False)
-        logps, mask, values = out["logps"], out["mask"], out["values"]
-        ref_logps = self.ref(batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+        logps, mask, values, ref_logps = self.score(batch)
         t_score = time.perf_counter() - t0 - t_gen
         self.model.train()
         maskf = mask.float()
@@ -173,14 +182,17 @@ class Rollouts:
 def make_step(cfg, ptx=None):
     def step(model, batch):
         extra = move(ptx(), batch["input_ids"].device) if ptx is not None else None
-        out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], ptx=extra)
+        out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], ptx=extra,
+                    with_entropy=cfg.ent_coef > 0)   # no full-vocabulary entropy (or its graph) without a bonus
         logps, entropy, values, m = out["logps"], out["entropy"], out["values"], batch["mask"]
         pg, clipped = policy_loss(logps, batch["old_logps"], batch["advantages"], clip=cfg.clip_range)
-        per_token = pg - cfg.ent_coef * entropy
+        per_token = pg
         with torch.no_grad():
             metrics = {"policy/loss": float(masked_mean(pg, m)), "policy/clipfrac": float(masked_mean(clipped, m)),
-                       "policy/approx_kl": float(masked_mean(0.5 * (logps - batch["old_logps"]) ** 2, m)),
-                       "policy/entropy": float(masked_mean(entropy, m))}
+                       "policy/approx_kl": float(masked_mean(0.5 * (logps - batch["old_logps"]) ** 2, m))}
+        if entropy is not None:
+            per_token = per_token - cfg.ent_coef * entropy
+            metrics["policy/entropy"] = float(masked_mean(entropy.detach(), m))
         if values is not None:
             vl = value_loss(values, batch["old_values"], batch["returns"], clip=cfg.clip_range_value)
             per_token = per_token + cfg.vf_coef * vl
@@ -240,7 +252,7 @@ def evaluate_policy(rollouts: Rollouts, prompts: list[dict]) -> dict:
     return means.result(setup.device)
 
 
-def build_critic(cfg, reward_is_model: bool, tokenizer):
+def build_critic(cfg, reward_is_model: bool, tokenizer, device):
     """PPO's separate critic, from --value_model, the reward model, or the policy; it reads the policy's
     token ids, so its tokenizer must be the policy's."""
     if cfg.algo != "ppo" or cfg.critic == "shared":
@@ -249,7 +261,7 @@ def build_critic(cfg, reward_is_model: bool, tokenizer):
     option = "value_model" if cfg.value_model else "reward"
     if path != cfg.model:
         require_same_tokenizer(tokenizer, path, option, trust_remote_code=cfg.trust_remote_code)
-    critic = load_reward_model(path, cfg)
+    critic = load_reward_model(path, cfg, device=device)
     if not has_score_head(critic):
         raise ValueError(f"--{option} {path}: an encoder classifier cannot be PPO's critic (it needs a value at every "
                          "token of a causal model); pass a decoder with --value_model, or --critic shared")
@@ -263,16 +275,16 @@ def run_ppo(cfg) -> dict:
         raise ValueError(f"--algo {cfg.algo} needs --num_samples ≥ 2 (a group per prompt)")
     setup = start(cfg)
     tokenizer, train, evals, kind = tokenizer_and_data(setup, ("preference", "ranking", "messages", "unpaired", "sft", "prompt"))
-    reward_fn = load_reward_source(cfg.reward, device=setup.device)
-    policy = load_causal_lm(cfg.model, cfg)
-    critic = build_critic(cfg, isinstance(reward_fn, RewardModel), tokenizer)
+    reward_fn = load_reward_source(cfg.reward, device=setup.device, dtype=cfg.dtype, batch_size=cfg.forward_batch_size)
+    policy = load_causal_lm(cfg.model, cfg, device=setup.device)
+    critic = build_critic(cfg, isinstance(reward_fn, RewardModel), tokenizer, setup.device)
     if critic is not None:
         critic.config.pad_token_id = tokenizer.pad_token_id
     model = ActorCritic(policy, critic, shared_head=cfg.algo == "ppo" and cfg.critic == "shared").to(setup.device)
     disable_dropout(model)
     if cfg.ref_model:
         require_same_tokenizer(tokenizer, cfg.ref_model, "ref_model", trust_remote_code=cfg.trust_remote_code)
-    ref = CausalLMScorer(load_causal_lm(cfg.ref_model or cfg.model, cfg, trainable=False)).to(setup.device).eval()
+    ref = CausalLMScorer(load_causal_lm(cfg.ref_model or cfg.model, cfg, trainable=False, device=setup.device)).eval()
     if cfg.fsdp:
         distributed.shard(ref)
     rollouts = Rollouts(cfg, setup, tokenizer, train, model, ref, reward_fn)

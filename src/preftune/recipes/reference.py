@@ -25,7 +25,8 @@ class Reference:
             if cfg.ref_model:
                 require_same_tokenizer(tokenizer, cfg.ref_model, "ref_model", trust_remote_code=cfg.trust_remote_code)
             self.adapter_off = nullcontext
-            self.model = CausalLMScorer(load_causal_lm(cfg.ref_model or cfg.model, cfg, trainable=False).to(device))
+            self.model = CausalLMScorer(load_causal_lm(cfg.ref_model or cfg.model, cfg, trainable=False,
+                                                       device=device))
             if cfg.fsdp:
                 shard(self.model)
 

@@ -94,7 +94,7 @@ def evaluate_rm(scorer, items, pad_id, setup) -> dict:
 def run_rm(cfg) -> dict:
     setup = start(cfg)
     tokenizer, train, evals, kind = tokenizer_and_data(setup, ("ranking", "preference"))
-    model = load_reward_model(cfg.model, cfg, pad_token_id=tokenizer.pad_token_id).to(setup.device)
+    model = load_reward_model(cfg.model, cfg, pad_token_id=tokenizer.pad_token_id, device=setup.device)
     disable_dropout(model)
     scorer = RewardScorer(model)
     pad = tokenizer.pad_token_id

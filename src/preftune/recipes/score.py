@@ -5,13 +5,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config, opt
+from ..config import DeviceConfig, opt
 from ..data import BadRows, DataError, detect_kind, load_rows, validate
+from ..models.device import prepare, resolve
 from ..rewards import load_reward_source
 
 
 @dataclass
-class ScoreConfig(Config):
+class ScoreConfig(DeviceConfig):
     reward: str = opt(None, "reward-model folder or module:function")
     data: str = opt(None, "rows with prompt + completion (or prompt + chosen + rejected)")
     output: str = opt("scores.jsonl", "where to write the rows with their reward(s)")
@@ -29,7 +30,9 @@ def run_score(cfg: ScoreConfig) -> None:
             examples.append((row, validate(row, kind)))
         except DataError as err:
             bad.handle(err)
-    source = load_reward_source(cfg.reward, batch_size=cfg.batch_size)
+    device = resolve(cfg.device)
+    prepare(device, cfg.dtype)
+    source = load_reward_source(cfg.reward, batch_size=cfg.batch_size, device=device, dtype=cfg.dtype)
     fields = ("chosen", "rejected") if kind == "preference" else ("completion",)
     scores = {f: source([e["prompt"] for _, e in examples], [e[f] for _, e in examples]) for f in fields}
     with open(cfg.output, "w", encoding="utf-8") as out:

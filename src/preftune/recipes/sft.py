@@ -58,7 +58,7 @@ def run_sft(cfg) -> dict:
         train, evals = [e for e in train if e["label"]], [e for e in evals if e["label"]]
         if not train:
             raise DataError(cfg.data, None, "label", "no desirable (label: true) rows", kind="empty_dataset")
-    model = load_causal_lm(cfg.model, cfg).to(setup.device)
+    model = load_causal_lm(cfg.model, cfg, device=setup.device)
     scorer = CausalLMScorer(model)
     pad = tokenizer.pad_token_id
     train_pairs, eval_pairs = sft_pairs(train), sft_pairs(evals)

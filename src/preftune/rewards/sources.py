@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -18,12 +19,13 @@ from ..models import RewardScorer, load_reward_model, load_tokenizer
 
 
 class RewardModel:
-    def __init__(self, path: str, *, device=None, batch_size: int = 32, max_length: int = 1024,
+    def __init__(self, path: str, *, device=None, dtype: str = "float32", batch_size: int = 32, max_length: int = 1024,
                  trust_remote_code: bool = False):
         self.device = device or torch.device("cpu")
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        model = load_reward_model(path, trainable=False, pad_token_id=self.tokenizer.pad_token_id)
-        self.scorer = RewardScorer(model.to(self.device)).eval()
+        model = load_reward_model(path, SimpleNamespace(dtype=dtype, trust_remote_code=trust_remote_code),
+                                  trainable=False, pad_token_id=self.tokenizer.pad_token_id, device=self.device)
+        self.scorer = RewardScorer(model).eval()
         max_length = min(max_length, self.tokenizer.model_max_length)   # an encoder's learned positions
         self.encoder = Encoder(self.tokenizer, max_length, max_length // 2)
         self.batch_size = batch_size
@@ -42,7 +44,8 @@ class RewardModel:
 
 
 def load_reward_source(spec: str, **kwargs):
-    """A reward-model folder, or ``module:function`` naming a Python callable."""
+    """A reward-model folder (``kwargs``: device, dtype, batch_size, … of ``RewardModel``), or
+    ``module:function`` naming a Python callable."""
     if os.path.isdir(spec) or Path(spec).exists():
         return RewardModel(spec, **kwargs)
     if ":" in spec:

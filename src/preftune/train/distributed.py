@@ -10,19 +10,16 @@ import torch.distributed as dist
 from torch import nn
 
 
-def init(*, fsdp: bool = False) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); starts the process group when launched by torchrun (with FSDP2,
-    also for a single process)."""
+def init(*, fsdp: bool = False, device: str = "auto", dtype: str = "float32") -> tuple[int, int, torch.device]:
+    """(rank, world size, device) under the device policy (``models.device``); starts the process
+    group when launched by torchrun (with FSDP2, also for a single process): nccl on GPUs, gloo on CPU."""
+    from ..models.device import prepare, resolve
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if fsdp and "RANK" not in os.environ:
         raise ValueError("--fsdp true shards the models over the processes torchrun starts: "
                          "torchrun --nproc_per_node N -m preftune ...")
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
+    device = resolve(device)
+    prepare(device, dtype)
     if (world > 1 or fsdp) and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
