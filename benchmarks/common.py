@@ -10,6 +10,8 @@ Shapes:
   completions log-normal around 160, some past 1,000), max_length 1024 with the tail truncated —
   the spread of UltraFeedback / HH-RLHF.
 * ``large``: the realistic data on hidden 768, 12 layers, 12 heads, intermediate 2048 (≈ 100 M).
+* ``worst``: the realistic model with one long pair (~1,000 tokens each side) among seven short ones
+  (~60 tokens), the case where slots padded to the longest sequence multiplied activation memory.
 * ``gpu``: the realistic data on a Qwen2-0.5B-shaped model (hidden 896, 24 layers, 14 heads, 2 KV
   heads, intermediate 4864, vocabulary 151,936: ≈ 0.5 B parameters), randomly initialised — for
   ``gpu_check.py``.
@@ -36,6 +38,8 @@ SHAPES = {
     "realistic": dict(hidden=512, layers=8, heads=8, intermediate=1376, max_length=1024, max_prompt_length=512,
                       pairs=256),
     "large": dict(hidden=768, layers=12, heads=12, intermediate=2048, max_length=1024, max_prompt_length=512,
+                  pairs=256),
+    "worst": dict(hidden=512, layers=8, heads=8, intermediate=1376, max_length=1024, max_prompt_length=512,
                   pairs=256),
     "gpu": dict(hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936, arch="qwen2",
                 max_length=1024, max_prompt_length=512, pairs=1024),
@@ -88,6 +92,11 @@ def preference_rows(n: int, shape: str, seed: int = 0) -> list[dict]:
     if shape == "tiny":
         return [{"prompt": sentence(rng, 6, 20), "chosen": " " + sentence(rng, 20, 80) + ".",
                  "rejected": " " + sentence(rng, 20, 80) + "."} for _ in range(n)]
+    if shape == "worst":   # every eighth pair long: on average one per batch of 8
+        return [{"prompt": sentence(rng, 200, 200) if i % 8 == 0 else sentence(rng, 10, 20),
+                 "chosen": " " + (sentence(rng, 800, 800) if i % 8 == 0 else sentence(rng, 30, 50)) + ".",
+                 "rejected": " " + (sentence(rng, 800, 800) if i % 8 == 0 else sentence(rng, 30, 50)) + "."}
+                for i in range(n)]
     return [{"prompt": _words(rng, 90, 0.9, 12, 480), "chosen": " " + _words(rng, 160, 0.8, 6, 1400) + ".",
              "rejected": " " + _words(rng, 160, 0.8, 6, 1400) + "."} for _ in range(n)]
 

@@ -185,6 +185,8 @@ class TrainConfig(DataConfig, ModelConfig):
     gradient_checkpointing: bool = opt(False, "recompute each decoder layer's activations in the backward pass "
                                               "(non-reentrant): less memory, about a third more compute")
     progress: bool = opt(True, "show a progress bar")
+    log_seconds: float = opt(0.0, "print a progress line (step, loss, tokens/s, time left) at most every N seconds "
+                                  "(0 = none; for logs, where a progress bar does not render)", bounds="[0, inf)")
 
     def __post_init__(self):
         super().__post_init__()

@@ -5,6 +5,7 @@ and report.md."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,7 +37,8 @@ class EvalConfig(DeviceConfig):
 
 def evaluate_policies(policies: list[dict], ref_model: str, prompts_source: str, reward_fn, out: Path, *,
                       num_prompts: int, max_new_tokens: int, seed: int = 0, samples_shown: int = 3,
-                      title: str = "reward vs KL", extra_md: str = "", device=None, dtype: str = "float32") -> list[dict]:
+                      title: str = "reward vs KL", extra_md: str = "", device=None, dtype: str = "float32",
+                      log: bool = False) -> list[dict]:
     """policies: [{name, path, method, beta}]; the reference itself is evaluated as method 'sft'."""
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(ref_model)
@@ -46,8 +48,13 @@ def evaluate_policies(policies: list[dict], ref_model: str, prompts_source: str,
     entries = [{"name": "sft", "path": ref_model, "method": "sft", "beta": None}] + list(policies)
     results = {}
     for e in entries:
+        start = time.perf_counter()
         lm = ref if e["path"] == ref_model else load_causal_lm(e["path"], precision, trainable=False, device=device)
-        results[e["name"]] = sample_and_score(lm, ref, tok, prompts, reward_fn, max_new_tokens=max_new_tokens, seed=seed)
+        results[e["name"]] = r = sample_and_score(lm, ref, tok, prompts, reward_fn, max_new_tokens=max_new_tokens,
+                                                  seed=seed)
+        if log:
+            print(f"  {e['name']}: reward {r.summary()['reward']:.3f}, KL {r.summary()['kl']:.2f} "
+                  f"({time.perf_counter() - start:.1f} s)", flush=True)
     elo = elo_ratings({n: r.rewards for n, r in results.items()}, anchor="sft")
     rows = []
     for e in entries:

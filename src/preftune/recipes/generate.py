@@ -28,6 +28,7 @@ class GenerateConfig(DeviceConfig):
     seed: int = opt(0, "sampling seed")
     trust_remote_code: bool = opt(False, "allow a hub model's own code to run")
     on_bad_row: str = opt("error", "error or skip", ["error", "skip"])
+    log_seconds: float = opt(0.0, "print a progress line at most every N seconds (0 = none)", bounds="[0, inf)")
 
 
 def prompt_examples(tokenizer, source: str, max_prompt_length: int, bad: BadRows) -> list[dict]:
@@ -54,7 +55,8 @@ def run_generate(cfg: GenerateConfig) -> None:
     prompts = prompt_examples(tok, cfg.data, cfg.max_prompt_length, BadRows(cfg.on_bad_row))
     ids = [p["prompt_ids"] for p in prompts for _ in range(cfg.num_samples)]
     gen = generate(model, ids, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, max_new_tokens=cfg.max_new_tokens,
-                   temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, batch_size=cfg.batch_size)
+                   temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, batch_size=cfg.batch_size,
+                   log_seconds=cfg.log_seconds)
     with open(cfg.output, "w", encoding="utf-8") as f:
         for i, (comp, ended) in enumerate(zip(gen.completions, gen.ended)):
             f.write(json.dumps({"prompt_index": i // cfg.num_samples, "prompt": prompts[i // cfg.num_samples]["prompt"],

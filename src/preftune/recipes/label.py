@@ -26,6 +26,7 @@ class LabelConfig(DeviceConfig):
     temperature: float = opt(0.1, "label noise T: P(y₁ ≻ y₂) = σ((r₁ − r₂)/T); 0 = always the higher reward",
                               bounds="[0, inf)")
     seed: int = opt(0, "seed of the label sampling")
+    all_pairs: bool = opt(False, "label every pair of a prompt's different completions (C(K, 2) pairs), not one")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -34,14 +35,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def label(prompts: list, groups: list[list[str]], reward_fn, out: Path, temperature: float, seed: int) -> dict:
+def label(prompts: list, groups: list[list[str]], reward_fn, out: Path, temperature: float, seed: int,
+          all_pairs: bool = False) -> dict:
     flat_prompts = [p for p, g in zip(prompts, groups) for _ in g]
     flat = [float(x) for x in reward_fn(flat_prompts, [c for g in groups for c in g])]
     rewards, i = [], 0
     for g in groups:
         rewards.append(flat[i:i + len(g)])
         i += len(g)
-    pairs, rankings = preference_rows(prompts, groups, rewards, temperature=temperature, seed=seed)
+    pairs, rankings = preference_rows(prompts, groups, rewards, temperature=temperature, seed=seed,
+                                      all_pairs=all_pairs)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "pairs.jsonl", pairs)
     write_jsonl(out / "rankings.jsonl", rankings)
@@ -51,7 +54,7 @@ def label(prompts: list, groups: list[list[str]], reward_fn, out: Path, temperat
             "label_agreement_with_reward": agree}
 
 
-def label_samples(samples: str, reward_fn, out: Path, temperature: float, seed: int) -> dict:
+def label_samples(samples: str, reward_fn, out: Path, temperature: float, seed: int, all_pairs: bool = False) -> dict:
     """Group a ``generate`` JSONL by ``prompt_index`` (or else by prompt), leave out empty completions
     (they cannot be preference data; counted), label the groups of ≥ 2 and write label_stats.json."""
     groups: dict[str, list[str]] = {}
@@ -67,7 +70,7 @@ def label_samples(samples: str, reward_fn, out: Path, temperature: float, seed: 
     keys = [k for k in groups if len(groups[k]) >= 2]
     if not keys:
         raise ValueError(f"{samples}: no prompt has two or more completions (use generate --num_samples ≥ 2)")
-    stats = label([prompts[k] for k in keys], [groups[k] for k in keys], reward_fn, out, temperature, seed)
+    stats = label([prompts[k] for k in keys], [groups[k] for k in keys], reward_fn, out, temperature, seed, all_pairs)
     stats.update(empty_completions_left_out=empty, prompts_left_out=len(prompts) - len(keys))
     (out / "label_stats.json").write_text(json.dumps(stats, indent=1))
     return stats
@@ -77,5 +80,5 @@ def run_label(cfg: LabelConfig) -> None:
     device = resolve(cfg.device)
     prepare(device, cfg.dtype)
     reward_fn = load_reward_source(cfg.reward, device=device, dtype=cfg.dtype)
-    stats = label_samples(cfg.data, reward_fn, Path(cfg.output_dir), cfg.temperature, cfg.seed)
+    stats = label_samples(cfg.data, reward_fn, Path(cfg.output_dir), cfg.temperature, cfg.seed, cfg.all_pairs)
     print(json.dumps(stats))

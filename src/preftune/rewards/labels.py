@@ -7,6 +7,7 @@ T → 0 gives the exact order of the reward.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -29,11 +30,12 @@ def plackett_luce_ranking(rewards: list[float], temperature: float, rng: random.
 
 
 def preference_rows(prompts: list, completions: list[list[str]], rewards: list[list[float]], *,
-                    temperature: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """From K ≥ 2 scored completions per prompt: one labelled pair per prompt (two different
-    completions drawn at random, labelled by Bradley–Terry sampling; none when all K are the same
-    text) and one ranking per prompt (Plackett–Luce). Rows carry the true rewards too
-    (``reward_chosen`` …, ``scores``) for evaluation."""
+                    temperature: float, seed: int, all_pairs: bool = False) -> tuple[list[dict], list[dict]]:
+    """From K ≥ 2 scored completions per prompt: labelled pairs — one per prompt (two different
+    completions drawn at random) or, with ``all_pairs``, every one of the C(K', 2) pairs of its K'
+    different completions (as the DPO paper's experiments use the samples) — each labelled by its
+    own Bradley–Terry draw; and one ranking per prompt (Plackett–Luce). Rows carry the true rewards
+    too (``reward_chosen`` …, ``scores``) for evaluation."""
     rng = random.Random(seed)
     pairs, rankings = [], []
     for prompt, comps, rs in zip(prompts, completions, rewards):
@@ -42,9 +44,10 @@ def preference_rows(prompts: list, completions: list[list[str]], rewards: list[l
         distinct = list({c: k for k, c in enumerate(comps)}.values())
         if len(distinct) < 2:
             continue
-        i, j = rng.sample(distinct, 2)
-        if not bradley_terry_pair(rs[i], rs[j], temperature, rng):
-            i, j = j, i
-        pairs.append({"prompt": prompt, "chosen": comps[i], "rejected": comps[j],
-                      "reward_chosen": rs[i], "reward_rejected": rs[j]})
+        chosen_pairs = itertools.combinations(distinct, 2) if all_pairs else [rng.sample(distinct, 2)]
+        for i, j in chosen_pairs:
+            if not bradley_terry_pair(rs[i], rs[j], temperature, rng):
+                i, j = j, i
+            pairs.append({"prompt": prompt, "chosen": comps[i], "rejected": comps[j],
+                          "reward_chosen": rs[i], "reward_rejected": rs[j]})
     return pairs, rankings

@@ -5,6 +5,7 @@ training-precision forward pass.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +23,10 @@ class Generation:
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], *, pad_id: int, eos_id: int, max_new_tokens: int = 32,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, batch_size: int = 64) -> Generation:
-    """Complete each prompt (token ids). temperature 0 is greedy decoding."""
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, batch_size: int = 64,
+             log_seconds: float = 0) -> Generation:
+    """Complete each prompt (token ids). temperature 0 is greedy decoding. With ``log_seconds``, a
+    progress line at most that often."""
     lm = model.module if hasattr(model, "module") else model
     was_training = lm.training
     lm.eval()
@@ -33,7 +36,13 @@ def generate(model, prompts: list[list[int]], *, pad_id: int, eos_id: int, max_n
                               eos_token_id=eos_id, temperature=1.0, top_k=None, top_p=None, use_cache=True)
     processors = LogitsProcessorList([] if greedy else [SamplingProcessor(temperature, top_k, top_p)])
     completions, ended = [], []
+    began = last = time.perf_counter()
     for start in range(0, len(prompts), batch_size):
+        if start and log_seconds and time.perf_counter() - last >= log_seconds:
+            last = time.perf_counter()
+            done = start / len(prompts)
+            print(f"  generated {start}/{len(prompts)} completions, {last - began:.0f} s, "
+                  f"about {(last - began) * (1 - done) / done:.0f} s to go", flush=True)
         part = prompts[start:start + batch_size]
         width = max(len(p) for p in part)
         ids = torch.full((len(part), width), pad_id, dtype=torch.long)

@@ -256,7 +256,7 @@ class Trainer:
         start_step, start_time = self.step, time.perf_counter()
         bar = tqdm(total=self.max_steps, initial=self.step, disable=self.rank != 0 or not cfg.progress,
                    dynamic_ncols=True)
-        tokens_done, last, final_eval, updates = 0, None, None, 0
+        tokens_done, last, final_eval, updates, logged_at = 0, None, None, 0, 0.0
         while self.step < self.max_steps:
             metrics = self.train_step()
             self.step += 1
@@ -281,6 +281,11 @@ class Trainer:
                 self.run.log(self.step, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
             bar.update(1)
+            if cfg.log_seconds and self.rank == 0 and elapsed - logged_at >= cfg.log_seconds:
+                logged_at = elapsed
+                left = elapsed / (self.step - start_step) * (self.max_steps - self.step)
+                print(f"  step {self.step}/{self.max_steps}  loss {metrics['loss']:.4f}  "
+                      f"{metrics['tokens_per_s']:.0f} tokens/s  {elapsed:.0f} s, about {left:.0f} s to go", flush=True)
             if cfg.save_steps and (self.step % cfg.save_steps == 0 or self.step == self.max_steps):
                 self._save_checkpoint()   # the last step too: a finished run can be extended
         bar.close()
