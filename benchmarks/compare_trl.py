@@ -61,7 +61,8 @@ def main():
         row["memory_ratio"] = row["preftune"]["peak_memory_mb"] / row["trl"]["peak_memory_mb"]
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    print(json.dumps({"shape": args.shape, "device": args.device, "params": stats["params"], "batch_size": args.batch_size,
+    print(json.dumps({"shape": args.shape, "device": args.device, "params": stats["params"],
+                      "batch_size": args.batch_size,
                       "sequence_length": stats["per_sample"]["dpo"]["sequence_length"], "steps": args.steps,
                       "repeats": args.repeats, "matmul_peak_gflops": {"fp32": args.peak[0], "bf16": args.peak[1]},
                       "results": results}, indent=1))

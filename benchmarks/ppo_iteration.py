@@ -59,7 +59,8 @@ def main():
 
     ppo_recipe.Rollouts.make = timed_make
     updates = 2 * args.rollout_batch_size // 16
-    cfg = PPOConfig(model=str(assets / "model"), reward=str(work / "rm"), data=str(prompts), output_dir=str(work / "run"),
+    cfg = PPOConfig(model=str(assets / "model"), reward=str(work / "rm"), data=str(prompts),
+                    output_dir=str(work / "run"),
                     rollout_batch_size=args.rollout_batch_size, batch_size=16, ppo_epochs=2,
                     max_steps=updates * args.iterations, max_new_tokens=args.max_new_tokens, progress=False,
                     threads=args.threads, dtype=args.dtype, eval_prompts=0, device=args.device)

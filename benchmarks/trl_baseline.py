@@ -48,7 +48,8 @@ def main():
     assets = Path(args.assets) / args.shape
     stats = json.loads((assets / "stats.json").read_text())
     tok = AutoTokenizer.from_pretrained(assets / "model")
-    rows = datasets.load_dataset("json", data_files=str(assets / ("sft.jsonl" if args.recipe == "sft" else "prefs.jsonl")),
+    rows = datasets.load_dataset("json",
+                                 data_files=str(assets / ("sft.jsonl" if args.recipe == "sft" else "prefs.jsonl")),
                                  split="train")
     if args.recipe == "rm":
         model = AutoModelForSequenceClassification.from_pretrained(assets / "model", num_labels=1)
@@ -86,7 +87,8 @@ def main():
     peak = args.peak or matmul_peak_gflops(torch.bfloat16 if args.mode == "bf16" else torch.float32,
                                            device=args.device)
     print_json({"impl": f"trl {trl.__version__}", "recipe": args.recipe, "mode": args.mode, "shape": args.shape,
-                "tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds, "mfu": flops / seconds / (peak * 1e9),
+                "tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds,
+                "mfu": flops / seconds / (peak * 1e9),
                 "peak_gflops": peak, "peak_memory_mb": peak_memory_mb(args.device), "params": stats["params"],
                 "steps_timed": args.steps, "threads": args.threads})
 

@@ -115,7 +115,8 @@ def test_model_gradients_equal_block_diagonal_attention(tiny_model):
         model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float64, attn_implementation=impl)
         extra = {"packed_sequences": packed_index(batch), "attention_mask": torch.zeros(1, 1, 1, 1)} \
             if impl == ATTENTION else {}
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **extra).logits
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                       **extra).logits
         real = batch["segments"] >= 0
         outs[impl] = logits[real]
         logits[real].logsumexp(-1).sum().backward()

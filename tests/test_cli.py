@@ -30,7 +30,8 @@ def test_help_lists_every_option_with_default(capsys):
         main(["dpo", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     for key in ("--model", "--data", "--output_dir", "--max_steps", "--batch_size", "--grad_accum", "--lr",
-                "--max_length", "--seed", "--save_steps", "--resume", "--on_bad_row", "--dtype", "--loss", "--beta", "--ref"):
+                "--max_length", "--seed", "--save_steps", "--resume", "--on_bad_row", "--dtype", "--loss", "--beta",
+                "--ref"):
         assert key in text
     assert "(default: 0.1; > 0)" in text and "(default: \"sigmoid\"; one of sigmoid, ipo, hinge" in text
 

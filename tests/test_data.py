@@ -16,7 +16,8 @@ def rows_of(*dicts):
 @pytest.mark.parametrize("row,expect,kind", [
     ({"text": "hello"}, ("text", "sft"), "text"),
     ({"prompt": "a", "completion": "b"}, ("sft", "text"), "sft"),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, ("messages",), "messages"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, ("messages",),
+     "messages"),
     ({"prompt": "a", "chosen": "b", "rejected": "c"}, ("preference", "ranking"), "preference"),
     ({"prompt": "a", "completions": ["b", "c"], "ranking": [1, 0]}, ("preference", "ranking"), "ranking"),
     ({"prompt": "a"}, ("prompt",), "prompt"),
@@ -53,7 +54,8 @@ def test_ranking_from_scores():
 def test_masking_and_truncation(tiny_model):
     tok = load_tokenizer(tiny_model)
     enc = Encoder(tok, max_length=8, max_prompt_length=5)
-    ex = enc.encode(Row("m", 1, {}), {"prompt": "the film was great fun and the cast", "completion": " was superb but slow"})
+    ex = enc.encode(Row("m", 1, {}), {"prompt": "the film was great fun and the cast",
+                                      "completion": " was superb but slow"})
     assert len(ex["prompt_ids"]) == 5                                   # cut from the left
     full = tok("the film was great fun and the cast", add_special_tokens=False)["input_ids"]
     assert ex["prompt_ids"] == [tok.bos_token_id] + full[-4:]             # the leading BOS stays
@@ -95,7 +97,8 @@ BAD_ROWS = {
     "missing_column": ({"prompt": "the film", "chosen": " great."}, "rejected", "missing_column"),
     "wrong_type": ({"prompt": "the film", "chosen": 3, "rejected": " bad."}, "chosen", "wrong_type"),
     "empty_completion": ({"prompt": "the film", "chosen": "  ", "rejected": " bad."}, "chosen", "empty_completion"),
-    "unknown_role": ({"prompt": [{"role": "narrator", "content": "x"}], "chosen": [{"role": "assistant", "content": "y"}],
+    "unknown_role": ({"prompt": [{"role": "narrator", "content": "x"}],
+                      "chosen": [{"role": "assistant", "content": "y"}],
                       "rejected": [{"role": "assistant", "content": "z"}]}, "prompt[0].role", "unknown_role"),
 }
 

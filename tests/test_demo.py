@@ -28,7 +28,8 @@ def test_demo_quick_end_to_end(tmp_path, monkeypatch, capsys):
     rows = {r["name"]: r for r in csv.DictReader(open(out / "frontier.csv"))}
     assert {"method", "beta", "reward", "kl", "kl_k1", "n_seeds", "reward_ci_low", "reward_ci_high", "kl_ci_low",
             "kl_ci_high"} <= set(next(iter(rows.values())))
-    assert [r["method"] for r in rows.values()].count("sft") == 1 and {"ppo", "dpo"} <= {r["method"] for r in rows.values()}
+    assert [r["method"] for r in rows.values()].count("sft") == 1 \
+        and {"ppo", "dpo"} <= {r["method"] for r in rows.values()}
     for r in rows.values():
         assert int(r["n_seeds"]) >= 3 and float(r["kl"]) >= 0 and math.isfinite(float(r["reward"]))
     sft_high = float(rows["sft"]["reward_ci_high"])

@@ -71,7 +71,8 @@ def test_generate_label_score_commands(tiny_lm, tmp_path, capsys):
 
 def test_vader_reward_is_ground_truth():
     from preftune.tasks.sentiment import corpus, prompts, vader_reward
-    good, bad, neutral = vader_reward(["", "", ""], ["A wonderful, moving film.", "A dull, awful mess.", "It runs two hours."])
+    good, bad, neutral = vader_reward(["", "", ""], ["A wonderful, moving film.", "A dull, awful mess.",
+                                                     "It runs two hours."])
     assert good > 0.5 and bad < -0.5 and neutral == 0
     assert corpus(3, seed=5) == corpus(3, seed=5) and corpus(3, seed=5) != corpus(3, seed=6)
     assert len(set(prompts(200))) > 100

@@ -65,8 +65,8 @@ def test_kto_packed_equals_padded_and_accepts_pairs(tiny_model, tmp_path):
         first[packing] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(first["true"], first["false"]):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5) and a["kl"] == pytest.approx(b["kl"], abs=1e-4)
-    pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "the film", "chosen": " was great.", "rejected": " was dull."}]
-                        * 8)
+    pairs = write_jsonl(tmp_path / "p.jsonl",
+                        [{"prompt": "the film", "chosen": " was great.", "rejected": " was dull."}] * 8)
     out = tmp_path / "pairs"
     assert main(["kto", "--model", tiny_model, "--data", pairs, "--output_dir", str(out), "--max_steps", "1",
                  "--batch_size", "4", "--progress", "false"]) == 0
@@ -86,7 +86,8 @@ def test_kto_needs_two_rows_per_batch_and_both_labels(tiny_model, tmp_path, caps
 
 def test_sft_refuses_undesirable_rows_unless_asked_to_filter(tiny_model, tmp_path, capsys):
     data = write_jsonl(tmp_path / "u.jsonl", rows(8))
-    args = ["sft", "--model", tiny_model, "--data", data, "--max_steps", "1", "--batch_size", "2", "--progress", "false"]
+    args = ["sft", "--model", tiny_model, "--data", data, "--max_steps", "1", "--batch_size", "2", "--progress",
+            "false"]
     assert main([*args, "--output_dir", str(tmp_path / "a")]) == 2
     assert "--desirable_only true" in capsys.readouterr().err
     assert main([*args, "--output_dir", str(tmp_path / "b"), "--desirable_only"]) == 0

@@ -154,10 +154,14 @@ def test_plackett_luce_formula_and_k2():
 
 
 def test_reward_losses():
-    rw, rl, m = torch.randn(B, dtype=torch.float64), torch.randn(B, dtype=torch.float64), torch.rand(B, dtype=torch.float64)
-    torch.testing.assert_close(pairwise_loss(rw, rl), torch.tensor([-math.log(sig(float(a - b))) for a, b in zip(rw, rl)], dtype=torch.float64))
+    rw, rl, m = (torch.randn(B, dtype=torch.float64), torch.randn(B, dtype=torch.float64),
+                 torch.rand(B, dtype=torch.float64))
+    torch.testing.assert_close(pairwise_loss(rw, rl),
+                               torch.tensor([-math.log(sig(float(a - b))) for a, b in zip(rw, rl)],
+                                            dtype=torch.float64))
     torch.testing.assert_close(pairwise_loss(rw, rl, margin=m),
-                               torch.tensor([-math.log(sig(float(a - b - c))) for a, b, c in zip(rw, rl, m)], dtype=torch.float64))
+                               torch.tensor([-math.log(sig(float(a - b - c))) for a, b, c in zip(rw, rl, m)],
+                                            dtype=torch.float64))
     K = 5
     r = torch.randn(B, K, dtype=torch.float64)
     ranking = torch.stack([torch.randperm(K) for _ in range(B)])
@@ -168,7 +172,8 @@ def test_reward_losses():
         expect.append(sum(-math.log(sig(float(r[b, i] - r[b, j]))) for i, j in pairs) / math.comb(K, 2))
     torch.testing.assert_close(ranking_loss(r, ranking), torch.tensor(expect, dtype=torch.float64))
     # K = 2 ranking is the pairwise loss
-    torch.testing.assert_close(ranking_loss(torch.stack([rw, rl], 1), torch.tensor([[0, 1]] * B)), pairwise_loss(rw, rl))
+    torch.testing.assert_close(ranking_loss(torch.stack([rw, rl], 1), torch.tensor([[0, 1]] * B)),
+                               pairwise_loss(rw, rl))
     best = torch.randint(0, K, (B,))
     expect = [-(float(r[b, best[b]]) - math.log(sum(math.exp(float(x)) for x in r[b]))) for b in range(B)]
     torch.testing.assert_close(best_of_n_loss(r, best), torch.tensor(expect, dtype=torch.float64))

@@ -76,14 +76,16 @@ def test_kl_identical_is_zero():
 
 def test_clipped_surrogate_and_value_loss():
     torch.manual_seed(0)
-    lp, old, adv = torch.randn(50, dtype=torch.float64) * 0.3, torch.randn(50, dtype=torch.float64) * 0.3, torch.randn(50, dtype=torch.float64)
+    lp, old, adv = (torch.randn(50, dtype=torch.float64) * 0.3, torch.randn(50, dtype=torch.float64) * 0.3,
+                    torch.randn(50, dtype=torch.float64))
     loss, clipped = policy_loss(lp, old, adv, clip=0.2)
     for i in range(50):
         ratio = math.exp(float(lp[i] - old[i]))
         a = float(adv[i])
         expect = max(-a * ratio, -a * min(max(ratio, 0.8), 1.2))
         assert abs(float(loss[i]) - expect) < 1e-12
-    v, ov, ret = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+    v, ov, ret = (torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64),
+                  torch.randn(50, dtype=torch.float64))
     vl = value_loss(v, ov, ret, clip=0.2)
     for i in range(50):
         vc = float(ov[i]) + min(max(float(v[i] - ov[i]), -0.2), 0.2)

@@ -34,7 +34,8 @@ def rankings(n, seed=0):
         comps = [None] * 3
         for rank, text in zip(order, [p["chosen"], mid, p["rejected"]]):
             comps[rank] = text
-        rows.append({"prompt": p["prompt"], "completions": comps, "ranking": sorted(range(3), key=lambda i: order.index(i))})
+        rows.append({"prompt": p["prompt"], "completions": comps,
+                     "ranking": sorted(range(3), key=lambda i: order.index(i))})
     return rows
 
 
@@ -99,7 +100,8 @@ def test_dpo_learns_preference_and_margin_grows(tiny_model, tmp_path):
     assert summary["eval"]["rewards/accuracies"] >= 0.9, summary["eval"]
     margins = [r["eval/rewards/margins"] for r in m if "eval/rewards/margins" in r]
     assert margins[-1] > margins[0] > 0
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"):
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+                "logps/rejected"):
         assert key in m[0]
 
 
@@ -123,7 +125,8 @@ def test_precomputed_reference_matches_live(tiny_model, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss,extra", [("ipo", []), ("simpo", ["--ref", "none", "--beta", "2.0"]), ("hinge", []),
-                                        ("dpop", []), ("orpo", ["--ref", "none"]), ("sigmoid", ["--label_smoothing", "0.1"])])
+                                        ("dpop", []), ("orpo", ["--ref", "none"]),
+                                        ("sigmoid", ["--label_smoothing", "0.1"])])
 def test_dpo_family_runs(tiny_model, tmp_path, loss, extra):
     data = write_jsonl(tmp_path / "prefs.jsonl", pairs(30))
     out = tmp_path / loss

@@ -36,7 +36,8 @@ def test_ultrafeedback_rows_take_the_conversation_as_prompt():
     rows = [Row("uf", 1, UF)]
     assert detect_kind(rows, "uf", ("preference",)) == "preference"     # messages column too: still a pair
     ex = validate(rows[0], "preference")
-    assert ex["prompt"] == UF["chosen"][:1] and ex["chosen"] == UF["chosen"][1:] and ex["rejected"] == UF["rejected"][1:]
+    assert ex["prompt"] == UF["chosen"][:1] and ex["chosen"] == UF["chosen"][1:] \
+        and ex["rejected"] == UF["rejected"][1:]
     disagree = dict(UF, prompt="Something else entirely.")
     with pytest.raises(DataError, match="field 'prompt': does not agree with the conversation's last user turn"):
         validate(Row("uf", 2, disagree), "preference")

@@ -45,9 +45,11 @@ def test_generate_samples_inside_topk_and_nucleus(tiny_lm, rule):
     ids = torch.tensor([[tok.bos_token_id] + tok("the film", add_special_tokens=False)["input_ids"]] * 32)
     torch.manual_seed(0)
     from transformers import GenerationConfig, LogitsProcessorList
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), logits_processor=LogitsProcessorList([SamplingProcessor(**rule)]),
+    out = model.generate(ids, attention_mask=torch.ones_like(ids),
+                         logits_processor=LogitsProcessorList([SamplingProcessor(**rule)]),
                          generation_config=GenerationConfig(do_sample=True, max_new_tokens=6, top_k=None, top_p=None,
-                                                            temperature=1.0, pad_token_id=tok.pad_token_id, eos_token_id=None),
+                                                            temperature=1.0, pad_token_id=tok.pad_token_id,
+                                                            eos_token_id=None),
                          output_logits=True, return_dict_in_generate=True)
     new = out.sequences[:, ids.shape[1]:]
     checked = 0
@@ -65,10 +67,13 @@ def test_generate_samples_inside_topk_and_nucleus(tiny_lm, rule):
 
 def test_temperature_to_zero_equals_greedy(tiny_lm):
     model, tok = _lm(tiny_lm)
-    prompts = [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] for t in ("the film", "a dull", "music")]
-    greedy = generate(model, prompts, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, max_new_tokens=10, temperature=0)
+    prompts = [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"]
+               for t in ("the film", "a dull", "music")]
+    greedy = generate(model, prompts, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, max_new_tokens=10,
+                      temperature=0)
     torch.manual_seed(1)
-    cold = generate(model, prompts, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, max_new_tokens=10, temperature=1e-4)
+    cold = generate(model, prompts, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, max_new_tokens=10,
+                    temperature=1e-4)
     assert greedy.completions == cold.completions
     # left padding in a batch gives the same greedy completions as one prompt at a time
     alone = [generate(model, [p], pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, max_new_tokens=10,
@@ -139,7 +144,8 @@ def test_ppo_rejects_bad_options(tiny_lm, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_gridworld_cat_learns_to_reach_the_meat():
-    spec = importlib.util.spec_from_file_location("gridworld", Path(__file__).parents[1] / "examples" / "gridworld_ppo.py")
+    spec = importlib.util.spec_from_file_location("gridworld",
+                                                  Path(__file__).parents[1] / "examples" / "gridworld_ppo.py")
     grid = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(grid)
     net = grid.train(iterations=40)
@@ -151,10 +157,12 @@ def test_gridworld_cat_learns_to_reach_the_meat():
 @pytest.mark.parametrize("method", ["dpo", "rm_ppo"])
 def test_iterated_rounds_raise_reward(tiny_lm, tmp_path, method):
     out = tmp_path / method
-    extra = ["--rm_steps", "10", "--ppo_steps", "8", "--lr", "5e-4"] if method == "rm_ppo" else ["--lr", "2e-3", "--max_steps", "12"]
+    extra = ["--rm_steps", "10", "--ppo_steps", "8", "--lr", "5e-4"] if method == "rm_ppo" \
+        else ["--lr", "2e-3", "--max_steps", "12"]
     assert main(["iterate", "--model", tiny_lm, "--data", prompts_file(tmp_path), "--output_dir", str(out),
                  "--reward", "preftune.tasks.toy:great_share", "--rounds", "2", "--method", method,
-                 "--max_new_tokens", "10", "--batch_size", "16", "--progress", "false", "--max_length", "48", *extra]) == 0
+                 "--max_new_tokens", "10", "--batch_size", "16", "--progress", "false", "--max_length", "48",
+                 *extra]) == 0
     rounds = json.loads((out / "rounds.json").read_text())
     assert len(rounds) == 3 and Path(rounds[-1]["policy"], "config.json").exists()
     if method == "dpo":

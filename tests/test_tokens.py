@@ -58,7 +58,8 @@ def test_left_truncation_keeps_the_bos(real_tokenizers):
     ex = Encoder(tok, 40, 16).encode(Row("m", 1, {}), {"prompt": prompt, "completion": " end."})
     assert ex["prompt_ids"] == [tok.bos_token_id] + full[-15:]
     assert len(ex["prompt_ids"]) + len(ex["completion_ids"]) <= 40
-    right = Encoder(tok, 40, 16, truncation_side="right").encode(Row("m", 1, {}), {"prompt": prompt, "completion": " x"})
+    right = Encoder(tok, 40, 16, truncation_side="right").encode(Row("m", 1, {}),
+                                                                 {"prompt": prompt, "completion": " x"})
     assert right["prompt_ids"] == full[:16]
 
 

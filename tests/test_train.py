@@ -80,7 +80,8 @@ def test_packed_batches_equal_padded(tiny_model):
     """Packing changes the layout, not the numbers: per-sequence log-probs, token counts and reward
     scores equal those of the right-padded batch."""
     from preftune.data import collate, pack, real_tokens
-    from preftune.models import CausalLMScorer, RewardScorer, lm_inputs, load_causal_lm, load_reward_model, per_sequence, rm_inputs
+    from preftune.models import (CausalLMScorer, RewardScorer, lm_inputs, load_causal_lm, load_reward_model,
+                                 per_sequence, rm_inputs)
     torch.manual_seed(0)
     seqs = [([1] + torch.randint(3, 500, (int(n),)).tolist(), torch.randint(3, 500, (int(m),)).tolist() + [2])
             for n, m in zip(torch.randint(1, 30, (9,)), torch.randint(1, 60, (9,)))]

@@ -192,7 +192,8 @@ def test_dropout_is_disabled_for_preference_training():
 
 def test_epochs_instead_of_max_steps(tiny_model, tmp_path, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": " b"}] * 10)
-    args = ["sft", "--model", tiny_model, "--data", data, "--batch_size", "2", "--grad_accum", "2", "--progress", "false"]
+    args = ["sft", "--model", tiny_model, "--data", data, "--batch_size", "2", "--grad_accum", "2", "--progress",
+            "false"]
     assert main([*args, "--output_dir", str(tmp_path / "a"), "--epochs", "1.5"]) == 0
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["epochs"] == pytest.approx(1.6)     # ⌈1.5 · 10 / 4⌉ = 4 steps

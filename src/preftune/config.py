@@ -122,7 +122,8 @@ class DataConfig(Config):
                                "default: eval_fraction of --data")
     eval_fraction: float = opt(0.0, "share of --data held out for evaluation when --eval_data is not given",
                                bounds="[0, 1)")
-    columns: dict = opt({}, "rename columns onto ours, e.g. {question: prompt, response_j: chosen, response_k: rejected}")
+    columns: dict = opt({}, "rename columns onto ours, e.g. "
+                            "{question: prompt, response_j: chosen, response_k: rejected}")
     max_length: int = opt(512, "maximum tokens of prompt + completion", bounds="[2, inf)")
     max_prompt_length: int = opt(256, "maximum prompt tokens; longer prompts are truncated", bounds=AT_LEAST_ONE)
     truncation_side: str = opt("left", "which end of a too-long prompt is cut (a leading BOS stays)", ["left", "right"])
@@ -308,7 +309,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         extra = {"nargs": "?", "const": "true"} if hints[f.name] is bool else {}
         limits = f"; one of {', '.join(meta['choices'])}" if meta.get("choices") else \
             f"; {_describe(meta['bounds'])}" if meta.get("bounds") else ""
-        parser.add_argument(f"--{f.name}", dest=f.name, default=argparse.SUPPRESS, metavar=hints[f.name].__name__.upper(),
+        parser.add_argument(f"--{f.name}", dest=f.name, default=argparse.SUPPRESS,
+                            metavar=hints[f.name].__name__.upper(),
                             help=f"{meta.get('help', '')} (default: {json.dumps(default)}{limits})", **extra)
 
 

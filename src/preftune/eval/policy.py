@@ -49,7 +49,8 @@ def completion_kl(lm, ref_lm, pairs: list[tuple[list[int], list[int]]], pad_id: 
         sampled = (lp - lq).gather(1, targets[mask][:, None])[:, 0]
         row = mask.nonzero()[:, 0]
         for values, out in ((per_token, exact), (sampled, k1)):
-            out += torch.zeros(len(mask), dtype=torch.float64, device=device).index_add(0, row, values.double()).tolist()
+            out += torch.zeros(len(mask), dtype=torch.float64,
+                               device=device).index_add(0, row, values.double()).tolist()
     return exact, k1
 
 

@@ -8,7 +8,8 @@ import statistics
 from pathlib import Path
 
 COLUMNS = ["method", "beta", "name", "reward", "kl", "kl_k1", "length", "eos_share", "win_rate_vs_sft", "elo",
-           "n_seeds", "reward_ci_low", "reward_ci_high", "kl_ci_low", "kl_ci_high", "win_rate_ci_low", "win_rate_ci_high"]
+           "n_seeds", "reward_ci_low", "reward_ci_high", "kl_ci_low", "kl_ci_high", "win_rate_ci_low",
+           "win_rate_ci_high"]
 # t quantiles (0.975) for the 95% interval of a mean over n seeds, by n − 1 degrees of freedom
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -93,7 +94,8 @@ def markdown(rows: list[dict], samples: dict[str, list[tuple[str, str, float]]],
     for r in rows:
         beta = "" if r.get("beta") in (None, "") else f"{r['beta']:g}"
         lines.append(f"| {r['name']} | {r['method']} | {beta} | {_with_interval(r, 'reward', 'reward', 3)} | "
-                     f"{_with_interval(r, 'kl', 'kl', 2)} | {r['kl_k1']:.2f} | {r['length']:.1f} | {r['eos_share']:.2f} | "
+                     f"{_with_interval(r, 'kl', 'kl', 2)} | {r['kl_k1']:.2f} | {r['length']:.1f} | "
+                     f"{r['eos_share']:.2f} | "
                      f"{_with_interval(r, 'win_rate_vs_sft', 'win_rate', 2)} | {r['elo']:.0f} |")
     out = ["\n".join(lines), extra]
     for name, items in samples.items():

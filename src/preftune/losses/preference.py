@@ -176,5 +176,6 @@ def kto_loss(policy_logps: Tensor, ref_logps: Tensor, desirable: Tensor, referen
     desirable = desirable.bool()
     value = torch.where(desirable, torch.sigmoid(beta * (logratio - reference_point)),
                         torch.sigmoid(beta * (reference_point - logratio)))
-    weight = torch.where(desirable, torch.full_like(value, desirable_weight), torch.full_like(value, undesirable_weight))
+    weight = torch.where(desirable, torch.full_like(value, desirable_weight),
+                         torch.full_like(value, undesirable_weight))
     return weight * (1 - value), (beta * logratio).detach()

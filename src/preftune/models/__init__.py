@@ -2,5 +2,5 @@
 from .load import load_causal_lm, load_reward_model, load_tokenizer, save_model
 from .logprobs import CausalLMScorer, RewardScorer, lm_inputs, per_sequence, rm_inputs, token_logps
 
-__all__ = ["CausalLMScorer", "RewardScorer", "lm_inputs", "load_causal_lm", "per_sequence", "rm_inputs", "load_reward_model", "load_tokenizer",
-           "save_model", "token_logps"]
+__all__ = ["CausalLMScorer", "RewardScorer", "lm_inputs", "load_causal_lm", "per_sequence", "rm_inputs",
+           "load_reward_model", "load_tokenizer", "save_model", "token_logps"]

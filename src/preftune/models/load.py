@@ -18,7 +18,8 @@ def _source(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir() and not (path / "config.json").exists():
         raise FileNotFoundError(f"{name}: not a model folder (no config.json)")
-    local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or (path.parent != Path(".") and path.parent.is_dir())
+    local = name.startswith(("/", ".", "~")) or name.count("/") > 1 \
+        or (path.parent != Path(".") and path.parent.is_dir())
     if not path.exists() and local:
         raise FileNotFoundError(f"{name}: no such model folder")
     return name
@@ -103,8 +104,9 @@ def load_causal_lm(name: str, cfg=None, *, trainable: bool = True, device=None):
     copies the trainer makes; frozen models in the compute dtype); with ``cfg.lora_r > 0`` and
     ``trainable``, LoRA adapters wrap it."""
     trust = bool(getattr(cfg, "trust_remote_code", False))
-    model = AutoModelForCausalLM.from_pretrained(_source(name), dtype=_load_dtype(cfg, trainable), trust_remote_code=trust,
-                                                 use_safetensors=True, device_map=str(device) if device else None)
+    model = AutoModelForCausalLM.from_pretrained(_source(name), dtype=_load_dtype(cfg, trainable),
+                                                 trust_remote_code=trust, use_safetensors=True,
+                                                 device_map=str(device) if device else None)
     return _finish(model, cfg, trainable, "CAUSAL_LM")
 
 

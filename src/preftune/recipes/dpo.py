@@ -26,7 +26,8 @@ from ..models.load import disable_dropout
 from ..models.logprobs import sequence_logps
 from ..train import Trainer, distributed
 from ..train.loop import ExampleStream
-from .common import Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .common import (Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data,
+                     use_packing)
 from .reference import Reference
 
 
@@ -160,7 +161,8 @@ def run_dpo(cfg) -> dict:
     if kind == "ranking":
         ks = {len(e["completions_ids"]) for e in train + evals}
         if len(ks) > 1:
-            raise ValueError(f"{cfg.data}: ranking rows must all have the same number of completions, found {sorted(ks)}")
+            raise ValueError(f"{cfg.data}: ranking rows must all have the same number of completions, "
+                             f"found {sorted(ks)}")
         if ks != {2} and (cfg.loss != "sigmoid" or cfg.ref == "none"):
             raise ValueError("ranking data trains with Plackett–Luce: use --loss sigmoid with a reference")
     model = load_causal_lm(cfg.model, cfg, device=setup.device)

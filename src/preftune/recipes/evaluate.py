@@ -66,7 +66,8 @@ def evaluate_policies(policies: list[dict], ref_model: str, prompts_source: str,
     shown = {n: list(zip(r.prompts, r.completions, r.rewards))[:samples_shown] for n, r in results.items()}
     (out / "report.md").write_text(markdown(rows, shown, extra_md))
     (out / "eval.json").write_text(json.dumps({"rows": rows, "samples": {n: [{"prompt": p, "completion": c, "reward": x}
-                                                                               for p, c, x in s] for n, s in shown.items()}},
+                                                                               for p, c, x in s]
+                                                                           for n, s in shown.items()}},
                                               indent=1))
     return rows
 

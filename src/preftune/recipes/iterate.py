@@ -30,7 +30,8 @@ from .reward import run_rm
 class IterateConfig(DPOConfig):
     reward: str = opt(None, "reward source that labels each round: reward-model folder or module:function")
     rounds: int = opt(3, "preference rounds", bounds="[1, inf)")
-    method: str = opt("dpo", "train each round with dpo, or with a fresh reward model then PPO (rm_ppo)", ["dpo", "rm_ppo"])
+    method: str = opt("dpo", "train each round with dpo, or with a fresh reward model then PPO (rm_ppo)",
+                      ["dpo", "rm_ppo"])
     num_samples: int = opt(4, "completions sampled per prompt each round", bounds="[2, inf)")
     max_new_tokens: int = opt(48, "longest completion", bounds="[1, inf)")
     temperature: float = opt(1.0, "sampling temperature", bounds="[0, inf)")

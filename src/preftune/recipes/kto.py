@@ -20,7 +20,8 @@ from ..models.load import disable_dropout
 from ..models.logprobs import sequence_logps
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .common import (Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data,
+                     use_packing)
 from .reference import Reference
 
 
@@ -96,7 +97,8 @@ def evaluate_kto(cfg, scorer, reference, examples, collate, setup) -> dict:
         label = batch["label"].cpu()
         means.add(weights, loss=losses.cpu(), kl=z0.expand(len(part)).cpu())
         means.add(weights * label, **{"rewards/chosen": rows["rewards"].cpu(), "logps/chosen": rows["logps"].cpu()})
-        means.add(weights * ~label, **{"rewards/rejected": rows["rewards"].cpu(), "logps/rejected": rows["logps"].cpu()})
+        means.add(weights * ~label, **{"rewards/rejected": rows["rewards"].cpu(),
+                                       "logps/rejected": rows["logps"].cpu()})
     out = means.result(setup.device)
     out["rewards/margins"] = out.get("rewards/chosen", 0.0) - out.get("rewards/rejected", 0.0)
     return out

@@ -157,7 +157,8 @@ class Rollouts:
         lengths = maskf.sum(1)
         self.metrics.update({
             "rollout/reward_mean": float(raw.mean()), "rollout/reward_std": float(raw.std()) if len(raw) > 1 else 0.0,
-            "rollout/kl": float(kl_seq.mean()), "rollout/kl_coef": beta, "rollout/response_length": float(lengths.mean()),
+            "rollout/kl": float(kl_seq.mean()), "rollout/kl_coef": beta,
+            "rollout/response_length": float(lengths.mean()),
             "rollout/eos_share": float(ended.float().mean()), "rollout/gen_tokens_per_s": gen.tokens / max(t_gen, 1e-9),
             "rollout/gen_s": t_gen, "rollout/score_s": t_score})
         self.data, self.iteration, self.t_made = data, iteration, time.perf_counter()
@@ -174,7 +175,8 @@ class Rollouts:
         part = {k: v[idx] for k, v in self.data.items()}
         # trim columns that are padding in every row of this micro-batch
         width = int(part["attention_mask"].sum(0).nonzero().max()) + 1
-        part = {k: v[:, :width] if k in ("input_ids", "attention_mask", "labels") else v[:, :width - 1] for k, v in part.items()}
+        part = {k: v[:, :width] if k in ("input_ids", "attention_mask", "labels") else v[:, :width - 1]
+                for k, v in part.items()}
         part["rollout_metrics"] = dict(self.metrics)
         return part
 
@@ -274,7 +276,8 @@ def run_ppo(cfg) -> dict:
     if cfg.algo in ("rloo", "grpo") and cfg.num_samples < 2:
         raise ValueError(f"--algo {cfg.algo} needs --num_samples ≥ 2 (a group per prompt)")
     setup = start(cfg)
-    tokenizer, train, evals, kind = tokenizer_and_data(setup, ("preference", "ranking", "messages", "unpaired", "sft", "prompt"))
+    tokenizer, train, evals, kind = tokenizer_and_data(setup, ("preference", "ranking", "messages", "unpaired", "sft",
+                                                               "prompt"))
     reward_fn = load_reward_source(cfg.reward, device=setup.device, dtype=cfg.dtype, batch_size=cfg.forward_batch_size)
     policy = load_causal_lm(cfg.model, cfg, device=setup.device)
     critic = build_critic(cfg, isinstance(reward_fn, RewardModel), tokenizer, setup.device)

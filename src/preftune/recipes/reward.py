@@ -16,7 +16,8 @@ from ..models import RewardScorer, load_reward_model, rm_inputs, save_model
 from ..models.load import disable_dropout
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .common import (Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data,
+                     use_packing)
 
 
 def groups(examples: list[dict]) -> list[dict]:

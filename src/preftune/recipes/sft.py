@@ -14,7 +14,8 @@ from ..data import DataError, batch_sequences, collate
 from ..models import CausalLMScorer, lm_inputs, load_causal_lm, save_model
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data, use_packing
+from .common import (Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data,
+                     use_packing)
 
 
 def sft_pairs(examples: list[dict]) -> list[tuple[list[int], list[int]]]:

@@ -62,8 +62,8 @@ class DemoConfig(DeviceConfig):
 SIZES = {
     False: dict(corpus=40000, vocab=2048, hidden=128, layers=4, pretrain_steps=1000, sft_rows=4000, sft_steps=150,
                 train_prompts=384, eval_prompts=128, k=4, label_temperature=0.1, rm_steps=250, seeds=4,
-                dpo=[("dpo", "sigmoid", 0.05), ("dpo", "sigmoid", 0.1), ("dpo", "sigmoid", 0.3), ("dpo", "sigmoid", 1.0),
-                     ("ipo", "ipo", 2.0), ("simpo", "simpo", 2.0)],
+                dpo=[("dpo", "sigmoid", 0.05), ("dpo", "sigmoid", 0.1), ("dpo", "sigmoid", 0.3),
+                     ("dpo", "sigmoid", 1.0), ("ipo", "ipo", 2.0), ("simpo", "simpo", 2.0)],
                 dpo_epochs=1, ppo_kl=[0.01, 0.03, 0.1, 0.3], ppo_iterations=16, max_new_tokens=48),
     True: dict(corpus=6000, vocab=1024, hidden=96, layers=2, pretrain_steps=300, sft_rows=1200, sft_steps=60,
                train_prompts=128, eval_prompts=128, k=4, label_temperature=0.1, rm_steps=200, seeds=4,
@@ -173,14 +173,17 @@ def run_demo(cfg: DemoConfig) -> dict:
     reviews = sentiment.corpus(size["sft_rows"], cfg.seed + 1)
     write_jsonl(out / "sft.jsonl", [{"prompt": " ".join(r.split()[:4]), "completion": " " + " ".join(r.split()[4:])}
                                     for r in reviews])
-    write_jsonl(out / "prompts_train.jsonl", [{"prompt": p} for p in sentiment.prompts(size["train_prompts"], cfg.seed + 2)])
-    write_jsonl(out / "prompts_eval.jsonl", [{"prompt": p} for p in sentiment.prompts(size["eval_prompts"], cfg.seed + 3)])
+    write_jsonl(out / "prompts_train.jsonl",
+                [{"prompt": p} for p in sentiment.prompts(size["train_prompts"], cfg.seed + 2)])
+    write_jsonl(out / "prompts_eval.jsonl",
+                [{"prompt": p} for p in sentiment.prompts(size["eval_prompts"], cfg.seed + 3)])
 
     # 1–2. base LM, SFT
     base = base_model(cfg, size, out, stages, common)
     lengths = dict(max_length=96, max_prompt_length=32)
-    sft = SFTConfig(model=str(base), data=str(out / "sft.jsonl"), output_dir=str(out / "sft"), max_steps=size["sft_steps"],
-                    batch_size=32, lr=1e-3, warmup_steps=10, log_steps=10, seed=cfg.seed, **lengths, **common)
+    sft = SFTConfig(model=str(base), data=str(out / "sft.jsonl"), output_dir=str(out / "sft"),
+                    max_steps=size["sft_steps"], batch_size=32, lr=1e-3, warmup_steps=10, log_steps=10, seed=cfg.seed,
+                    **lengths, **common)
     stages.run("SFT", "sft", sft, run_sft, out / "sft" / "summary.json")
     pi_sft = str(out / "sft" / "final")
 
@@ -202,7 +205,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     n_train = len(pairs) - sum(p["prompt"] in held_out for p in pairs)
 
     # 4. reward model (shared by every PPO run)
-    rm = RMConfig(model=pi_sft, data=train_pairs, eval_data=str(out / "prefs" / "heldout.jsonl"), output_dir=str(out / "rm"),
+    rm = RMConfig(model=pi_sft, data=train_pairs, eval_data=str(out / "prefs" / "heldout.jsonl"),
+                  output_dir=str(out / "rm"),
                   max_steps=size["rm_steps"], batch_size=32, lr=5e-4, warmup_steps=10, log_steps=10, seed=cfg.seed,
                   **lengths, **common)
     stages.run("reward model", "rm", rm, run_rm, out / "rm" / "summary.json")
@@ -216,9 +220,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         for method, loss, beta in settings:
             name, folder = f"{method}@{beta:g}", out / f"{method}@{beta:g}" / f"seed-{seed}"
             if method == "ppo":
-                run_cfg = PPOConfig(model=pi_sft, reward=str(out / "rm" / "final"), data=str(out / "prompts_train.jsonl"),
+                run_cfg = PPOConfig(model=pi_sft, reward=str(out / "rm" / "final"),
+                                    data=str(out / "prompts_train.jsonl"),
                                     output_dir=str(folder), kl_coef=beta, rollout_batch_size=32, batch_size=16,
-                                    ppo_epochs=2, max_steps=4 * size["ppo_iterations"], max_new_tokens=size["max_new_tokens"],
+                                    ppo_epochs=2, max_steps=4 * size["ppo_iterations"],
+                                    max_new_tokens=size["max_new_tokens"],
                                     lr=3e-4, eval_prompts=0, log_steps=4, seed=seed, **common)
                 fn, command = run_ppo, "ppo"
             else:   # SimPO is reference-free and takes a smaller step (as its paper tunes per setting)

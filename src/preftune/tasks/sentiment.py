@@ -13,8 +13,9 @@ import random
 from functools import lru_cache
 
 SUBJECTS = ["the film", "the movie", "this film", "this movie", "the plot", "the story", "the acting", "the cast",
-            "the script", "the ending", "the soundtrack", "the music", "the dialogue", "the director", "the camera work",
-            "the pacing", "the lead actor", "the lead actress", "the villain", "the sequel", "the first half",
+            "the script", "the ending", "the soundtrack", "the music", "the dialogue", "the director",
+            "the camera work", "the pacing", "the lead actor", "the lead actress", "the villain", "the sequel",
+            "the first half",
             "the final act", "the humor", "the special effects", "the screenplay", "the characters"]
 POSITIVE = ["great", "wonderful", "brilliant", "beautiful", "excellent", "moving", "funny", "clever", "charming",
             "delightful", "superb", "gripping", "fantastic", "lovely", "touching", "fresh", "powerful", "amazing",
@@ -31,7 +32,8 @@ POS_CLOSERS = ["I would watch it again.", "Highly recommended.", "A real treat."
 NEG_CLOSERS = ["I want my money back.", "Avoid it.", "A waste of time.", "Not worth watching.", "Skip this one.",
                "I fell asleep.", "What a mess.", "Never again."]
 NEUTRAL = ["I watched it last night.", "It runs about two hours.", "I saw it with my brother.",
-           "It is based on a novel.", "The theater was half full.", "It came out last year.", "I went in knowing nothing."]
+           "It is based on a novel.", "The theater was half full.", "It came out last year.",
+           "I went in knowing nothing."]
 
 
 def _sentence(rng: random.Random, positive: bool) -> str:
@@ -47,11 +49,13 @@ def _sentence(rng: random.Random, positive: bool) -> str:
         return f"{rng.choice(SUBJECTS).capitalize()} was {adj}, but {rng.choice(SUBJECTS)} was {other}."
     if shape == 3:
         article = "an" if adj[0] in "aeiou" else "a"
-        return f"It is {article} {adj} {rng.choice(NOUNS)} with {adv}{rng.choice(POSITIVE if positive else NEGATIVE)} {rng.choice(['acting', 'music', 'writing', 'moments', 'scenes'])}."
+        return (f"It is {article} {adj} {rng.choice(NOUNS)} with {adv}{rng.choice(POSITIVE if positive else NEGATIVE)} "
+                f"{rng.choice(['acting', 'music', 'writing', 'moments', 'scenes'])}.")
     if shape == 4:
         return rng.choice(POS_CLOSERS if positive else NEG_CLOSERS)
     if shape == 5:
-        return f"{rng.choice(SUBJECTS).capitalize()} felt {adv}{adj} and {rng.choice(POSITIVE if positive else NEGATIVE)}."
+        return (f"{rng.choice(SUBJECTS).capitalize()} felt {adv}{adj} and "
+                f"{rng.choice(POSITIVE if positive else NEGATIVE)}.")
     return rng.choice(NEUTRAL)
 
 
@@ -74,7 +78,8 @@ FIRST = ["I watched {title} {when}.", "{title} is a {noun} about {topic}.", "We 
 def review(rng: random.Random) -> str:
     p = rng.betavariate(0.7, 0.7)
     title = f"The {rng.choice(TITLE_A)} {rng.choice(TITLE_B)}"
-    first = rng.choice(FIRST).format(title=title, when=rng.choice(WHEN), noun=rng.choice(NOUNS), topic=rng.choice(TOPICS))
+    first = rng.choice(FIRST).format(title=title, when=rng.choice(WHEN), noun=rng.choice(NOUNS),
+                                     topic=rng.choice(TOPICS))
     sentences = [first[0].upper() + first[1:]] + [_sentence(rng, rng.random() < p) for _ in range(rng.randint(2, 4))]
     return " ".join(sentences)
 

@@ -55,7 +55,8 @@ class RunDir:
 
     def holds_run(self) -> list[str]:
         """The run artefacts already in the folder (a config.yaml alone is a run that never started)."""
-        return [name for name in ("metrics.jsonl", "checkpoints", "final", "summary.json") if (self.path / name).exists()]
+        return [name for name in ("metrics.jsonl", "checkpoints", "final", "summary.json")
+                if (self.path / name).exists()]
 
     def claim(self, *, resume: bool, overwrite: bool) -> None:
         """Lock the folder for this process and refuse a folder holding a run unless it is to be
