@@ -5,7 +5,7 @@ transformers only, so the TRL baseline (run from its own virtualenv) imports it 
 Shapes:
 * ``tiny``: Llama hidden 256, 4 layers, vocab 4096 (5.3 M parameters); pairs of ≤ 128 tokens of
   nearly equal length — the smoke test.
-* ``realistic``: Llama hidden 512, 8 layers, 8 heads, intermediate 1376, vocab 4096 (29.5 M);
+* ``realistic``: Llama hidden 512, 8 layers, 8 heads, intermediate 1376, vocab 4096, tied embeddings (27.4 M);
   chat-like lengths with long tails (prompts log-normal around 90 tokens, capped at 480;
   completions log-normal around 160, some past 1,000), max_length 1024 with the tail truncated —
   the spread of UltraFeedback / HH-RLHF.
