@@ -32,7 +32,7 @@ bench: install
 	$(BIN)/python benchmarks/ppo_iteration.py
 
 # preftune against TRL 1.16, side by side: TRL lives in its own virtualenv, never a dependency.
-# About 45 min on 2 cores: the realistic shape, the tiny one, then the worst case for memory (one long
+# About 50 min on 2 cores: the realistic shape, the tiny one, then the worst case for memory (one long
 # pair among short ones: ours packed, ours padded, TRL). Results in runs/bench/*.json.
 TRL_VENV := .bench/trl-venv
 $(TRL_VENV)/.installed: constraints-cpu.txt
@@ -45,7 +45,7 @@ bench-compare: install $(TRL_VENV)/.installed
 	$(BIN)/python benchmarks/compare_trl.py --trl_python $(TRL_VENV)/bin/python --shape realistic --steps 6 \
 		--warmup 2 --repeats 1 > runs/bench/realistic.json
 	$(BIN)/python benchmarks/compare_trl.py --trl_python $(TRL_VENV)/bin/python --shape tiny --steps 20 --warmup 5 \
-		--repeats 3 > runs/bench/tiny.json
+		--repeats 5 > runs/bench/tiny.json
 	$(BIN)/python benchmarks/compare_trl.py --trl_python $(TRL_VENV)/bin/python --shape worst --cases dpo:fp32 \
 		--steps 4 --warmup 1 --repeats 1 > runs/bench/worst.json
 	$(BIN)/python benchmarks/throughput.py --shape worst --recipe dpo --mode fp32 --steps 4 --warmup 1 \
