@@ -87,6 +87,30 @@ def test_logps_packed_or_padded_equal_each_sequence_alone(model_type, tmp_path):
                 torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3", "mistral"])
+def test_last_layer_mlp_runs_at_labelled_positions_only(model_type, tmp_path):
+    """Llama-style models (``logprobs._final_hidden_at``): on a packed batch the last decoder layer's
+    MLP sees only the labelled positions (padded to a multiple of 64 rows); log-probs and every
+    gradient equal the full forward's (float64; ``with_hidden`` takes the full path)."""
+    model = load_causal_lm(tiny_folder(tmp_path, model_type), trainable=True).double()
+    batch = pack(sequences(2, n=9), 0)
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    rows_seen = []
+    hook = model.model.layers[-1].mlp.register_forward_hook(lambda m, args, out: rows_seen.append(args[0].shape[:-1]))
+    results = []
+    for full in (False, True):
+        model.zero_grad()
+        logps, mask = CausalLMScorer(model)(**lm_inputs(batch), with_hidden=full)[:2]
+        (logps * torch.linspace(0.5, 2, logps.shape[-1], dtype=torch.float64)).sum().backward()
+        results.append((logps[mask], {n: p.grad.clone() for n, p in model.named_parameters()}))
+    hook.remove()
+    assert rows_seen == [torch.Size([-(-labelled // 64) * 64]), batch["input_ids"].shape]
+    (trimmed, trimmed_grads), (full, full_grads) = results
+    torch.testing.assert_close(trimmed, full, atol=1e-12, rtol=1e-10)
+    for name, g in full_grads.items():
+        torch.testing.assert_close(trimmed_grads[name], g, atol=1e-12, rtol=1e-10, msg=name)
+
+
 @pytest.mark.parametrize("model_type", sorted(PACKED_TYPES))
 def test_rewards_packed_equal_each_sequence_alone(model_type, tmp_path):
     torch.manual_seed(0)

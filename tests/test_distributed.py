@@ -48,6 +48,7 @@ def args(recipe, model, data, out, *extra):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe,rows,dtype,tol", [("sft", PAIRS, "float32", 1e-5), ("dpo", PREFS, "float32", 1e-5),
+                                                   ("rm", PREFS, "float32", 1e-5),
                                                    ("sft", PAIRS, "bfloat16", 2e-3)])
 def test_fsdp_two_processes_match_one(tiny_model, tmp_path, recipe, rows, dtype, tol):
     """Same global batch (2 × 2 against 4); bfloat16: FSDP's mixed precision (bf16 compute from

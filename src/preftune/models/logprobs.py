@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 
 from ..data.tokenize import IGNORE
-from .attention import packing_kwargs
+from .attention import _Select, packing_kwargs
 
 
 def token_logps(logits: Tensor, targets: Tensor, chunk: int = 256) -> Tensor:
@@ -65,11 +66,14 @@ class CausalLMScorer(nn.Module):
         lm = _unwrapped(self.lm)
         pos = position_ids if attention_mask is None else _positions(attention_mask)
         extra = packing_kwargs(lm, packed, attention_mask, input_ids.device)
-        if _plain_head(lm):
+        logits = hidden = None
+        if _plain_head(lm) and packed is not None and not with_hidden:   # the last layer's MLP at labels only
+            logits = _labelled_logits(lm, input_ids, position_ids, packed, mask)
+        if logits is None and _plain_head(lm):
             hidden = lm.get_decoder()(input_ids=input_ids, position_ids=pos, use_cache=False,
                                       **extra).last_hidden_state
             logits = _rows_padded(lm.get_output_embeddings(), hidden[:, :-1][mask])
-        else:
+        elif logits is None:
             out = self.lm(input_ids=input_ids, position_ids=pos, output_hidden_states=with_hidden, use_cache=False,
                           **extra)
             hidden = out.hidden_states[-1] if with_hidden else None
@@ -85,6 +89,20 @@ class CausalLMScorer(nn.Module):
         if with_hidden:
             result += (hidden,)
         return result
+
+
+def _labelled_logits(lm: nn.Module, input_ids: Tensor, position_ids: Tensor, packed: tuple[Tensor, Tensor],
+                     mask: Tensor, multiple: int = 64) -> Tensor | None:
+    """LM-head logits (M, V) at the M labelled positions of a packed batch (``mask`` (rows, T−1): position
+    t predicts token t+1), with the last layer's MLP run only there (``_final_hidden_at``); None for
+    other model types. The rows are padded to a multiple of ``multiple``, as in ``_rows_padded``."""
+    labelled = torch.cat([mask, mask.new_zeros(len(mask), 1)], 1).flatten().nonzero().squeeze(1)
+    total, count = input_ids.numel(), len(labelled)
+    index = F.pad(labelled, (0, -count % multiple), value=total)   # padding rows read a dummy row
+    inverse = torch.full((total,), len(index), dtype=torch.long, device=input_ids.device)
+    inverse[labelled] = torch.arange(count, device=input_ids.device)
+    final = _final_hidden_at(lm, input_ids, position_ids, packed, index, inverse)
+    return None if final is None else lm.get_output_embeddings()(final)[:count]
 
 
 def _positions(attention_mask: Tensor) -> Tensor | None:
@@ -127,16 +145,19 @@ def _llama_style(base: nn.Module, body: nn.Module) -> bool:
             and all(hasattr(body.layers[-1], name) for name in parts))
 
 
-def _last_token_hidden(base: nn.Module, input_ids: Tensor, position_ids: Tensor, packed: tuple[Tensor, Tensor],
-                       last_index: Tensor) -> Tensor | None:
-    """Final hidden states (n, H) at the n flat positions ``last_index`` of a packed batch, with the
-    last decoder layer's MLP run only there: a reward model reads nothing else, and that MLP holds
-    ~¾ of the layer's FLOPs (−17% time for forward + backward on the benchmark model). Layers run
-    as the body's own forward runs them, for the Llama-style model types (pre-norm attention and
-    MLP blocks, embeddings used as they are) under ``models.attention`` with full attention in
-    every layer; None otherwise."""
+def _final_hidden_at(base: nn.Module, input_ids: Tensor, position_ids: Tensor, packed: tuple[Tensor, Tensor],
+                     flat_index: Tensor, inverse: Tensor | None = None) -> Tensor | None:
+    """Final hidden states (n, H) at the n flat positions ``flat_index`` of a packed batch, with the
+    last decoder layer's MLP and the final norm run only there: a reward model reads each sequence's
+    last token, a language model its labelled positions, and that MLP holds ~¾ of the layer's FLOPs
+    (reward model: −17% time for forward + backward on the benchmark model). Layers run as the body's
+    own forward runs them, for the Llama-style model types (pre-norm attention and MLP blocks,
+    embeddings used as they are) under ``models.attention`` with full attention in every layer; None
+    otherwise, and under FSDP2 (a sharded layer gathers its parameters in its own forward only).
+    ``inverse`` (each flat position's index into ``flat_index``, one past the end where none) makes
+    the backward of the selection a gather (``attention._Select``)."""
     body = getattr(base, base.base_model_prefix)
-    if packed is None or not _llama_style(base, body):
+    if packed is None or not _llama_style(base, body) or isinstance(body.layers[-1], FSDPModule):
         return None
     extra = packing_kwargs(base, packed, None, input_ids.device)
     layers = body.layers
@@ -147,7 +168,8 @@ def _last_token_hidden(base: nn.Module, input_ids: Tensor, position_ids: Tensor,
     last = layers[-1]
     attended, _ = last.self_attn(last.input_layernorm(hidden), position_embeddings=rope, position_ids=position_ids,
                                  **extra)
-    hidden = (hidden + attended).flatten(0, 1)[last_index]
+    hidden = (hidden + attended).flatten(0, 1)
+    hidden = hidden[flat_index] if inverse is None else _Select.apply(hidden, flat_index, inverse)
     return body.norm(hidden + last.mlp(last.post_attention_layernorm(hidden)))
 
 
@@ -179,7 +201,7 @@ class RewardScorer(nn.Module):
             hidden = _classifier_hidden(base, input_ids, attention_mask, None, None)
             last = hidden[torch.arange(len(hidden), device=hidden.device), last_token_index(attention_mask)]
         else:
-            last = _last_token_hidden(base, input_ids, position_ids, packed, last_index)
+            last = _final_hidden_at(base, input_ids, position_ids, packed, last_index)
             if last is None:
                 last = _classifier_hidden(base, input_ids, None, position_ids, packed).flatten(0, 1)[last_index]
         return base.score(last).squeeze(-1).float()
