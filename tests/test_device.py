@@ -1,6 +1,10 @@
 """One device and dtype policy for every command (CUDA availability mocked where needed), and PPO's
 rollout scoring in micro-batches and without entropy when there is no entropy bonus."""
 import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -24,6 +28,31 @@ def test_device_policy(monkeypatch):
     from preftune.config import SFTConfig
     with pytest.raises(ValueError, match="--device must be one of auto, cpu, cuda"):
         SFTConfig(device="gpu")
+
+
+HEAP_OR_MMAP = """
+import sys, torch
+from preftune.models.device import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+tensor = torch.empty(24 << 20, dtype=torch.uint8)
+address = tensor.data_ptr()
+for line in open("/proc/self/maps"):
+    span, *fields = line.split()
+    low, high = (int(v, 16) for v in span.split("-"))
+    if low <= address < high:
+        print(fields[4] if len(fields) == 5 else "mmap")
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists() or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc on Linux")
+def test_freed_memory_is_kept_for_reuse():
+    """A 24 MiB tensor comes from glibc's own mmap (handed back to the kernel when freed) by default,
+    from the heap (kept for the next step's tensors) once ``keep_freed_memory`` has run."""
+    where = {mode: subprocess.run([sys.executable, "-c", HEAP_OR_MMAP, mode], capture_output=True, text=True,
+                                  check=True).stdout.strip() for mode in ("default", "keep")}
+    assert where == {"default": "mmap", "keep": "[heap]"}
 
 
 def commands(tiny_model, tiny_lm, tmp_path):

