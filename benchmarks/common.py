@@ -135,11 +135,14 @@ def step_flops(recipe: str, mode: str, stats: dict, per_sample: dict) -> float:
     """Model FLOPs of one sample's training (a pair for DPO and the reward model), counted honestly:
     6 per parameter of the decoder's matmuls per token (forward + backward), causal attention
     (forward 4·d·n(n+1)/2 per layer for a sequence of n tokens, ×3 with the backward), and the LM
-    head (6·d·V) only at completion tokens, the only ones whose log-probs the loss reads; a live DPO
-    reference adds the forward (a third of each). Padding is not counted, nor work one side skips."""
+    head (6·d·V) only at completion tokens, the only ones whose log-probs the loss reads; likewise
+    the last layer's MLP (3·d·I parameters) only where its output is read: at completion tokens, or a
+    reward model's last token of each sequence. A live DPO reference adds the forward (a third of
+    each). Padding is not counted, nor work one side skips."""
     d, layers, linear = stats["hidden"], stats["layers"], stats["decoder_linear_params"]
     tokens, pairs_sq, labelled = per_sample["tokens"], per_sample["attention_pairs"], per_sample["labelled"]
-    forward = 2 * linear * tokens + 4 * d * layers * pairs_sq
+    read = 2 if recipe == "rm" else labelled   # positions whose final hidden state the loss reads
+    forward = 2 * linear * tokens + 4 * d * layers * pairs_sq - 2 * 3 * d * stats["intermediate"] * (tokens - read)
     head = 2 * d * stats["vocab"] * labelled if recipe != "rm" else 0
     total = 3 * (forward + head)
     if recipe == "dpo" and mode != "precomputed":
