@@ -127,7 +127,7 @@ def ensure_assets(args) -> Path:
     if not (folder / "stats.json").exists():
         import subprocess
         subprocess.run([sys.executable, str(Path(__file__).parent / "make_assets.py"), "--out", args.assets,
-                        "--shape", args.shape], check=True)
+                        "--shape", args.shape], check=True, stdout=sys.stderr)   # stdout holds the JSON
     return folder
 
 
