@@ -12,7 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributed.fsdp import FSDPModule
+try:
+    from torch.distributed.fsdp import FSDPModule
+except ImportError:   # a torch build without torch.distributed: nothing is sharded
+    FSDPModule = ()
 
 from ..data.tokenize import IGNORE
 from .attention import _Select, packing_kwargs
