@@ -70,8 +70,8 @@ class CausalLMScorer(nn.Module):
         pos = position_ids if attention_mask is None else _positions(attention_mask)
         extra = packing_kwargs(lm, packed, attention_mask, input_ids.device)
         logits = hidden = None
-        if _plain_head(lm) and packed is not None and not with_hidden:   # the last layer's MLP at labels only
-            logits = _labelled_logits(lm, input_ids, position_ids, packed, mask)
+        if _plain_head(lm) and packed is not None and not with_hidden and _trimmable(lm):
+            logits = _labelled_logits(lm, input_ids, position_ids, packed, mask)   # last MLP at labels only
         if logits is None and _plain_head(lm):
             hidden = lm.get_decoder()(input_ids=input_ids, position_ids=pos, use_cache=False,
                                       **extra).last_hidden_state
@@ -95,17 +95,16 @@ class CausalLMScorer(nn.Module):
 
 
 def _labelled_logits(lm: nn.Module, input_ids: Tensor, position_ids: Tensor, packed: tuple[Tensor, Tensor],
-                     mask: Tensor, multiple: int = 64) -> Tensor | None:
+                     mask: Tensor, multiple: int = 64) -> Tensor:
     """LM-head logits (M, V) at the M labelled positions of a packed batch (``mask`` (rows, T−1): position
-    t predicts token t+1), with the last layer's MLP run only there (``_final_hidden_at``); None for
-    other model types. The rows are padded to a multiple of ``multiple``, as in ``_rows_padded``."""
+    t predicts token t+1), with the last layer's MLP run only there (``_final_hidden_at``; ``_trimmable``
+    models). The rows are padded to a multiple of ``multiple``, as in ``_rows_padded``."""
     labelled = torch.cat([mask, mask.new_zeros(len(mask), 1)], 1).flatten().nonzero().squeeze(1)
     total, count = input_ids.numel(), len(labelled)
     index = F.pad(labelled, (0, -count % multiple), value=total)   # padding rows read a dummy row
     inverse = torch.full((total,), len(index), dtype=torch.long, device=input_ids.device)
     inverse[labelled] = torch.arange(count, device=input_ids.device)
-    final = _final_hidden_at(lm, input_ids, position_ids, packed, index, inverse)
-    return None if final is None else lm.get_output_embeddings()(final)[:count]
+    return lm.get_output_embeddings()(_final_hidden_at(lm, input_ids, position_ids, packed, index, inverse))[:count]
 
 
 def _positions(attention_mask: Tensor) -> Tensor | None:
@@ -148,6 +147,13 @@ def _llama_style(base: nn.Module, body: nn.Module) -> bool:
             and all(hasattr(body.layers[-1], name) for name in parts))
 
 
+def _trimmable(base: nn.Module) -> bool:
+    """Whether ``_final_hidden_at`` can run the last layer piece by piece: Llama-style types, and not
+    under FSDP2 (a sharded layer gathers its parameters in its own forward only)."""
+    body = getattr(base, base.base_model_prefix)
+    return _llama_style(base, body) and not isinstance(body.layers[-1], FSDPModule)
+
+
 def _final_hidden_at(base: nn.Module, input_ids: Tensor, position_ids: Tensor, packed: tuple[Tensor, Tensor],
                      flat_index: Tensor, inverse: Tensor | None = None) -> Tensor | None:
     """Final hidden states (n, H) at the n flat positions ``flat_index`` of a packed batch, with the
@@ -156,12 +162,11 @@ def _final_hidden_at(base: nn.Module, input_ids: Tensor, position_ids: Tensor, p
     (reward model: −17% time for forward + backward on the benchmark model). Layers run as the body's
     own forward runs them, for the Llama-style model types (pre-norm attention and MLP blocks,
     embeddings used as they are) under ``models.attention`` with full attention in every layer; None
-    otherwise, and under FSDP2 (a sharded layer gathers its parameters in its own forward only).
-    ``inverse`` (each flat position's index into ``flat_index``, one past the end where none) makes
-    the backward of the selection a gather (``attention._Select``)."""
-    body = getattr(base, base.base_model_prefix)
-    if packed is None or not _llama_style(base, body) or isinstance(body.layers[-1], FSDPModule):
+    otherwise (``_trimmable``). ``inverse`` (each flat position's index into ``flat_index``, one past
+    the end where none) makes the backward of the selection a gather (``attention._Select``)."""
+    if packed is None or not _trimmable(base):
         return None
+    body = getattr(base, base.base_model_prefix)
     extra = packing_kwargs(base, packed, None, input_ids.device)
     layers = body.layers
     hidden = body.embed_tokens(input_ids)
