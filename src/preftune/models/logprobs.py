@@ -69,14 +69,14 @@ class CausalLMScorer(nn.Module):
         lm = _unwrapped(self.lm)
         pos = position_ids if attention_mask is None else _positions(attention_mask)
         extra = packing_kwargs(lm, packed, attention_mask, input_ids.device)
-        logits = hidden = None
+        hidden = None
         if _plain_head(lm) and packed is not None and not with_hidden and _trimmable(lm):
             logits = _labelled_logits(lm, input_ids, position_ids, packed, mask)   # last MLP at labels only
-        if logits is None and _plain_head(lm):
+        elif _plain_head(lm):
             hidden = lm.get_decoder()(input_ids=input_ids, position_ids=pos, use_cache=False,
                                       **extra).last_hidden_state
             logits = _rows_padded(lm.get_output_embeddings(), hidden[:, :-1][mask])
-        elif logits is None:
+        else:
             out = self.lm(input_ids=input_ids, position_ids=pos, output_hidden_states=with_hidden, use_cache=False,
                           **extra)
             hidden = out.hidden_states[-1] if with_hidden else None
