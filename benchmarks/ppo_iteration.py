@@ -35,6 +35,7 @@ def main():
     from transformers import AutoModelForSequenceClassification
     from preftune.config import PPOConfig
     from preftune.recipes import ppo as ppo_recipe
+    from preftune.runtime.device import process_settings
 
     assets = ensure_assets(args)
     work = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
@@ -64,6 +65,7 @@ def main():
                     rollout_batch_size=args.rollout_batch_size, batch_size=16, ppo_epochs=2,
                     max_steps=updates * args.iterations, max_new_tokens=args.max_new_tokens, progress=False,
                     threads=args.threads, dtype=args.dtype, eval_prompts=0, device=args.device)
+    process_settings(cfg.device, cfg.dtype)   # what the CLI sets for its process
     start = time.perf_counter()
     summary = ppo_recipe.run_ppo(cfg)
     wall = summary["wall_s"]

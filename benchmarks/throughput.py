@@ -29,6 +29,7 @@ def main():
     from preftune.recipes.dpo import run_dpo
     from preftune.recipes.reward import run_rm
     from preftune.recipes.sft import run_sft
+    from preftune.runtime.device import process_settings
 
     assets = ensure_assets(args)
     stats = json.loads((assets / "stats.json").read_text())
@@ -41,6 +42,7 @@ def main():
               lr_scheduler="constant", packing=args.packing == "true", device=args.device)
     if args.recipe == "dpo":
         cfg.ref = "precomputed" if args.mode == "precomputed" else "model"
+    process_settings(cfg.device, cfg.dtype)   # what the CLI sets for its process
     run(cfg)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     timed = rows[args.warmup:]

@@ -80,7 +80,8 @@ def test_logps_packed_or_padded_equal_each_sequence_alone(model_type, tmp_path):
     scorer = CausalLMScorer(model)
     with torch.no_grad():
         for batch in batches:
-            logps, mask = scorer(**lm_inputs(batch))
+            out = scorer(**lm_inputs(batch))
+            logps, mask = out.logps, out.mask
             segments = batch["segments"][:, 1:] if "segments" in batch else None   # of each target
             for i, want in enumerate(expected):
                 got = logps[(segments == i) & mask] if segments is not None else logps[i][mask[i]]
@@ -100,7 +101,8 @@ def test_last_layer_mlp_runs_at_labelled_positions_only(model_type, tmp_path):
     results = []
     for full in (False, True):
         model.zero_grad()
-        logps, mask = CausalLMScorer(model)(**lm_inputs(batch), with_hidden=full)[:2]
+        out = CausalLMScorer(model)(**lm_inputs(batch), with_hidden=full)
+        logps, mask = out.logps, out.mask
         (logps * torch.linspace(0.5, 2, logps.shape[-1], dtype=torch.float64)).sum().backward()
         results.append((logps[mask], {n: p.grad.clone() for n, p in model.named_parameters()}))
     hook.remove()

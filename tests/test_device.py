@@ -12,7 +12,7 @@ import torch
 
 from conftest import write_jsonl
 from preftune.cli import main
-from preftune.models.device import resolve
+from preftune.runtime.device import resolve
 
 PREFS = [{"prompt": "the film", "chosen": " was great fun.", "rejected": " was a dull boring mess."}] * 4
 
@@ -32,7 +32,7 @@ def test_device_policy(monkeypatch):
 
 HEAP_OR_MMAP = """
 import sys, torch
-from preftune.models.device import keep_freed_memory
+from preftune.runtime.device import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 tensor = torch.empty(24 << 20, dtype=torch.uint8)
@@ -147,7 +147,7 @@ def test_no_entropy_without_an_entropy_bonus(tiny_lm, tmp_path, monkeypatch, ent
 
     def spy(self, *args, with_entropy=False, **kwargs):
         out = real(self, *args, with_entropy=with_entropy, **kwargs)
-        asked.append(with_entropy and out[2] is not None)
+        asked.append(with_entropy and out.entropy is not None)
         return out
     monkeypatch.setattr(CausalLMScorer, "forward", spy)
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "the film"}] * 4)

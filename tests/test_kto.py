@@ -42,12 +42,10 @@ def test_kl_pairs_are_each_prompt_with_the_previous_rows_completion():
 
 @pytest.mark.slow
 def test_kto_learns_desirable_over_undesirable(tiny_model, tmp_path):
-    data = write_jsonl(tmp_path / "u.jsonl", rows(120))
-    out = tmp_path / "kto"
-    assert main(["kto", "--model", tiny_model, "--data", data, "--output_dir", str(out), "--max_steps", "30",
-                 "--lr", "1e-3", "--batch_size", "8", "--eval_fraction", "0.2", "--progress", "false"]) == 0
-    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((out / "summary.json").read_text())
+    import preftune
+    result = preftune.kto(tiny_model, rows(120), max_steps=30, lr=1e-3, batch_size=8, eval_fraction=0.2,
+                          progress=False)
+    metrics, summary = result.metrics, result.summary
     assert summary["eval"]["rewards/margins"] > 1.0 and summary["eval"]["rewards/chosen"] > 0
     assert metrics[0]["loss"] == pytest.approx(0.5, abs=1e-4)          # π = π_ref at step 1: λ·(1 − σ(0))
     assert {"kl", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"} <= set(metrics[0])

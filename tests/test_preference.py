@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+import preftune
 from conftest import WORDS, write_jsonl
 from preftune.cli import main
 
@@ -43,6 +44,9 @@ def metrics(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+COMMON = dict(progress=False, eval_fraction=0.2, batch_size=8, max_length=48)
+
+
 def common(tiny_model, data, out, *extra):
     return ["--model", tiny_model, "--data", data, "--output_dir", str(out), "--progress", "false",
             "--eval_fraction", "0.2", "--batch_size", "8", "--max_length", "48", *extra]
@@ -67,11 +71,9 @@ def test_reward_model_learns_preference_and_reloads(tiny_model, tmp_path):
 
 @pytest.mark.slow
 def test_reward_model_on_rankings(tiny_model, tmp_path):
-    data = write_jsonl(tmp_path / "rank.jsonl", rankings(60))
     for objective in ("pairs", "best_of_n"):
-        out = tmp_path / objective
-        assert main(["rm", *common(tiny_model, data, out, "--max_steps", "5", "--ranking_objective", objective)]) == 0
-        assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics(out))
+        result = preftune.rm(tiny_model, rankings(60), max_steps=5, ranking_objective=objective, **COMMON)
+        assert all(torch.isfinite(torch.tensor(m["loss"])) for m in result.metrics)
 
 
 def test_reward_read_at_last_token_for_left_and_right_padding(tiny_model):
@@ -91,12 +93,8 @@ def test_reward_read_at_last_token_for_left_and_right_padding(tiny_model):
 
 @pytest.mark.slow
 def test_dpo_learns_preference_and_margin_grows(tiny_model, tmp_path):
-    data = write_jsonl(tmp_path / "prefs.jsonl", pairs(150))
-    out = tmp_path / "dpo"
-    assert main(["dpo", *common(tiny_model, data, out, "--max_steps", "40", "--lr", "1e-3", "--beta", "0.1",
-                                "--eval_steps", "10")]) == 0
-    m = metrics(out)
-    summary = json.loads((out / "summary.json").read_text())
+    result = preftune.dpo(tiny_model, pairs(150), max_steps=40, lr=1e-3, beta=0.1, eval_steps=10, **COMMON)
+    m, summary = result.metrics, result.summary
     assert summary["eval"]["rewards/accuracies"] >= 0.9, summary["eval"]
     margins = [r["eval/rewards/margins"] for r in m if "eval/rewards/margins" in r]
     assert margins[-1] > margins[0] > 0
@@ -124,14 +122,11 @@ def test_precomputed_reference_matches_live(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss,extra", [("ipo", []), ("simpo", ["--ref", "none", "--beta", "2.0"]), ("hinge", []),
-                                        ("dpop", []), ("orpo", ["--ref", "none"]),
-                                        ("sigmoid", ["--label_smoothing", "0.1"])])
+@pytest.mark.parametrize("loss,extra", [("ipo", {}), ("simpo", {"ref": "none", "beta": 2.0}), ("hinge", {}),
+                                        ("dpop", {}), ("orpo", {"ref": "none"}), ("sigmoid", {"label_smoothing": 0.1})])
 def test_dpo_family_runs(tiny_model, tmp_path, loss, extra):
-    data = write_jsonl(tmp_path / "prefs.jsonl", pairs(30))
-    out = tmp_path / loss
-    assert main(["dpo", *common(tiny_model, data, out, "--max_steps", "3", "--loss", loss, *extra)]) == 0
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics(out))
+    result = preftune.dpo(tiny_model, pairs(30), max_steps=3, loss=loss, **extra, **COMMON)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.metrics)
 
 
 @pytest.mark.slow

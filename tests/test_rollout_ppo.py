@@ -103,10 +103,9 @@ def test_rl_raises_programmatic_reward_with_bounded_kl(tiny_lm, tmp_path, algo, 
     """Reward = share of the word "great" in the completion; the SFT model starts near 0.03 (the
     word's corpus frequency). Threshold: the final held-out mean reward at least triples the first
     rollout's and reaches 0.15 (five times the base rate), while the KL per completion stays < 15 nats."""
-    out = tmp_path / algo
-    assert main(["ppo", "--model", tiny_lm, "--data", prompts_file(tmp_path), "--output_dir", str(out),
-                 "--algo", algo, "--max_steps", "64", *RL, *extra]) == 0
-    m = metrics(out)
+    import preftune
+    options = {k.lstrip("-"): v for k, v in zip((RL + extra)[::2], (RL + extra)[1::2])}
+    m = preftune.ppo(tiny_lm, prompts_file(tmp_path), algo=algo, max_steps=64, **options).metrics
     first, final = m[0]["rollout/reward_mean"], m[-1]
     assert final["eval/reward"] >= max(0.15, 3 * first), (first, final["eval/reward"])
     assert final["eval/kl"] < 15, final["eval/kl"]

@@ -48,32 +48,33 @@ def test_checkpoint_is_atomic_and_keeps_last_k(tmp_path):
 
 
 def test_non_finite_losses_are_skipped_then_abort(tiny_model, tmp_path):
-    from conftest import write_jsonl
+    """A step given to the Trainer (its ``step_fn``, the seam) returns non-finite losses: skipped, then abort."""
     from preftune.config import SFTConfig
     from preftune.recipes import sft
+    from preftune.recipes.common import Inputs
     from preftune.train import TrainingError
+    from preftune.train.setup import start
 
-    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "completion": " b"}] * 4)
-    real_step = sft.sft_step
+    rows = [{"prompt": "a", "completion": " b"}] * 4
     calls = {"n": 0}
 
     def flaky(model, batch):
         calls["n"] += 1
-        loss, m = real_step(model, batch)
+        loss, m = sft.sft_step(model, batch)
         return (loss * math.nan if calls["n"] in (2, 3) else loss), m
 
-    sft.sft_step = flaky
-    try:
-        cfg = SFTConfig(model=tiny_model, data=data, output_dir=str(tmp_path / "r"), max_steps=6, batch_size=2,
-                        progress=False, max_bad_steps=3)
-        summary = sft.run_sft(cfg)
-        assert summary["skipped_steps"] == 2
-        calls["n"] = 0
-        sft.sft_step = lambda m, b: (real_step(m, b)[0] * math.inf, {})
-        with pytest.raises(TrainingError, match="not finite for 3 steps"):
-            sft.run_sft(SFTConfig(**{**cfg.__dict__, "output_dir": str(tmp_path / "r2")}))
-    finally:
-        sft.sft_step = real_step
+    def trainer(step_fn, out):
+        cfg = SFTConfig(model=tiny_model, output_dir=str(tmp_path / out), max_steps=6, batch_size=2, progress=False,
+                        max_bad_steps=3)
+        setup = start(cfg)
+        t = sft.build_sft(setup, sft.load_sft(setup, Inputs(data=rows)))
+        t.step_fn = step_fn
+        return t
+
+    summary = trainer(flaky, "r").fit()
+    assert summary["skipped_steps"] == 2
+    with pytest.raises(TrainingError, match="not finite for 3 steps"):
+        trainer(lambda m, b: (sft.sft_step(m, b)[0] * math.inf, {}), "r2").fit()
 
 
 def test_packed_batches_equal_padded(tiny_model):
@@ -89,8 +90,8 @@ def test_packed_batches_equal_padded(tiny_model):
     assert packed["input_ids"].shape[0] == 1
     assert real_tokens(padded) == real_tokens(packed) == sum(len(p) + len(c) for p, c in seqs)
     scorer = CausalLMScorer(load_causal_lm(tiny_model, trainable=False))
-    lp_a, m_a = scorer(**lm_inputs(padded))
-    lp_b, m_b = scorer(**lm_inputs(packed))
+    a, b = scorer(**lm_inputs(padded)), scorer(**lm_inputs(packed))
+    (lp_a, m_a), (lp_b, m_b) = (a.logps, a.mask), (b.logps, b.mask)
     torch.testing.assert_close(per_sequence(lp_a, padded), per_sequence(lp_b, packed), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(per_sequence(m_a.float(), padded), per_sequence(m_b.float(), packed))
     rm = RewardScorer(load_reward_model(tiny_model, trainable=False, pad_token_id=0))
@@ -108,7 +109,8 @@ def test_scorer_logps_equal_log_softmax_of_the_logits(tiny_model):
             for n, m in zip(torch.randint(1, 20, (5,)), torch.randint(1, 30, (5,)))]
     batch = collate(seqs, 0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float64)
-    logps, mask = CausalLMScorer(model)(**lm_inputs(batch))
+    out = CausalLMScorer(model)(**lm_inputs(batch))
+    logps, mask = out.logps, out.mask
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     targets = batch["labels"][:, 1:]
     ref = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * mask

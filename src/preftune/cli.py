@@ -49,8 +49,10 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         hint = ""
         if message.startswith("unrecognized arguments:"):
-            names = [a.dest for a in self._actions]
-            hint = "".join(did_you_mean(flag, names) for flag in message.split(":", 1)[1].split() if flag[:2] == "--")
+            flags = [flag for flag in message.split(":", 1)[1].split() if flag[:2] == "--"]
+            config = getattr(self, "config_class", None)
+            hint = "".join(config.hint(flag) if config else did_you_mean(flag, [a.dest for a in self._actions])
+                           for flag in flags)
         self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
 
 
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.commands = {}
     for name, (cls, _, help_text) in _commands().items():
         p = parser.commands[name] = sub.add_parser(name, help=help_text, description=help_text)
+        p.config_class = cls
         add_arguments(p, cls)
         p.add_argument("--debug", action="store_true", help="on an error, show its full traceback")
     return parser
@@ -75,11 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     cls, runner, _ = _commands()[args.command]
     debug = vars(args).pop("debug", False)
     from .data import DataError
+    from .runtime.device import process_settings
     from .train import TrainingError
     from .train.run import release_all
     code = 0
     try:
-        runner(build_config(cls, args))
+        cfg = build_config(cls, args)
+        process_settings(getattr(cfg, "device", "cpu"), getattr(cfg, "dtype", "float32"))
+        runner(cfg)
     except KeyboardInterrupt:
         print(f"preftune {args.command}: interrupted", file=sys.stderr)
         code = 130

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib.util
 import json
 import math
 import re
@@ -22,10 +23,12 @@ import yaml
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def opt(default, help: str, choices=None, *, bounds: str | None = None, pattern: str | None = None):
+def opt(default, help: str, choices=None, *, bounds: str | None = None, pattern: str | None = None,
+        nullable: bool = False):
     """A config field with its help text (shown by ``--help``), its allowed ``choices``, its
-    ``bounds`` as an interval (``"(0, inf)"``, ``"[0, 0.5)"``) or a regular-expression ``pattern``."""
-    meta = {"help": help}
+    ``bounds`` as an interval (``"(0, inf)"``, ``"[0, 0.5)"``) or a regular-expression ``pattern``;
+    ``nullable``: None is allowed beside a non-None default (a field whose default is None always is)."""
+    meta = {"help": help, "nullable": nullable or default is None}
     if choices:
         meta["choices"] = choices
     if bounds:
@@ -51,11 +54,11 @@ def _describe(bounds: str) -> str:
     return f"in {bounds}"
 
 
-def _typed(name: str, value, typ, default):
+def _typed(name: str, value, typ, default, nullable: bool = False):
     """``value`` as the field's type; strings are parsed (YAML and flags give strings)."""
     origin = typing.get_origin(typ) or typ
-    if value is None or (default is None and isinstance(value, str) and value.lower() in ("none", "null")):
-        if default is None:
+    if value is None or (nullable and isinstance(value, str) and value.lower() in ("none", "null")):
+        if nullable:
             return None
         raise ValueError(f"--{name}: a value is required (default {json.dumps(default)})")
     if origin is bool:
@@ -92,13 +95,20 @@ def _typed(name: str, value, typ, default):
 
 @dataclass
 class Config:
-    """Base of every command's config: values typed from their fields and checked on creation."""
+    """Base of every command's config: values typed from their fields and checked on creation.
+    ``RENAMED`` maps spellings a class no longer takes onto its own (did-you-mean hints)."""
+    RENAMED: typing.ClassVar[dict] = {}
+
+    @classmethod
+    def hint(cls, key: str, *, yaml_key: bool = False) -> str:
+        """" (did you mean --x?)" for an unknown ``key``, else ""."""
+        return did_you_mean(key, [f.name for f in dataclasses.fields(cls)], yaml_key=yaml_key, renamed=cls.RENAMED)
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            value = _typed(f.name, getattr(self, f.name), hints[f.name], default)
+            value = _typed(f.name, getattr(self, f.name), hints[f.name], default, f.metadata.get("nullable", True))
             choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds")
             if choices and value not in choices:
                 raise ValueError(f"--{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
@@ -132,6 +142,7 @@ class DataConfig(Config):
 
 
 DEVICES = r"auto|cpu|cuda|cuda:\d+"
+TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")
 
 
 @dataclass
@@ -158,7 +169,8 @@ class ModelConfig(DeviceConfig):
 
 @dataclass
 class TrainConfig(DataConfig, ModelConfig):
-    output_dir: str = opt("runs/run", "folder for config, metrics, checkpoints and final/")
+    output_dir: str = opt("runs/run", "folder for config, metrics, checkpoints and final/ (Python API: None trains "
+                                      "without writing anything)", nullable=True)
     max_steps: int = opt(None, "optimizer steps (100 when --epochs is not given either)", bounds=AT_LEAST_ONE)
     epochs: float = opt(None, "passes over the training data, instead of --max_steps", bounds=POSITIVE)
     batch_size: int = opt(8, "examples per micro-batch per process", bounds=AT_LEAST_ONE)
@@ -188,15 +200,37 @@ class TrainConfig(DataConfig, ModelConfig):
     progress: bool = opt(True, "show a progress bar")
     log_seconds: float = opt(0.0, "print a progress line (step, loss, tokens/s, time left) at most every N seconds "
                                   "(0 = none; for logs, where a progress bar does not render)", bounds="[0, inf)")
+    report_to: list = opt(["tensorboard"], f"where logged metrics go besides metrics.jsonl: one or more of "
+                                           f"{', '.join(TRACKERS)}, or none")
 
     def __post_init__(self):
         super().__post_init__()
+        unknown = [t for t in self.report_to if t not in TRACKERS + ("none",)]
+        if unknown or not self.report_to or ("none" in self.report_to and len(self.report_to) > 1):
+            raise ValueError(f"--report_to must be one or more of {', '.join(TRACKERS)}, or none; got "
+                             f"{', '.join(map(str, self.report_to)) or 'nothing'}")
+        for tracker in set(self.report_to) - {"none"}:
+            if importlib.util.find_spec(tracker) is None:
+                raise ValueError(f"--report_to {tracker}: the {tracker} package is not installed "
+                                 f"(pip install 'preftune[{tracker}]')")
+        if self.output_dir is None:
+            for option, on in (("resume", self.resume), ("save_steps", self.save_steps)):
+                if on:
+                    raise ValueError(f"--{option} needs --output_dir (a run folder to keep checkpoints in); "
+                                     "output_dir None writes nothing")
         if self.max_steps is not None and self.epochs is not None:
             raise ValueError("give --max_steps or --epochs, not both")
         if self.resume and self.overwrite:
             raise ValueError("give --resume or --overwrite, not both")
         if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"--adam_betas must be two numbers in [0, 1); got {self.adam_betas!r}")
+
+
+def train_options(cfg) -> dict:
+    """The options every training command shares (``TrainConfig``'s fields) as ``cfg`` holds them: what one
+    stage of a pipeline hands the next, by meaning — never the fields of another command that happen to
+    share a name (DPO's SimPO γ is not PPO's discount)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
 
 
 @dataclass
@@ -230,8 +264,8 @@ class DPOConfig(TrainConfig):
     ref_model: str = opt(None, "folder or hub name of π_ref (default: --model); its tokenizer must be the policy's")
     label_smoothing: float = opt(0.0, "ε for cDPO (sigmoid) and robust DPO: assumed label-flip rate",
                                  bounds="[0, 0.5)")
-    gamma: float = opt(0.5, "SimPO target reward margin γ")
-    lambda_: float = opt(50.0, "DPO-Positive penalty weight λ", bounds=NON_NEGATIVE)
+    simpo_gamma: float = opt(0.5, "SimPO target reward margin γ")
+    dpop_lambda: float = opt(50.0, "DPO-Positive penalty weight λ", bounds=NON_NEGATIVE)
     ipo_average_logps: bool = opt(True, "IPO on length-averaged log-probs, as the IPO paper does")
     nll_coef: float = opt(None, "add coef · NLL per token of the chosen completion (ORPO's SFT term; default 1 for "
                                 "orpo, else 0)", bounds=NON_NEGATIVE)
@@ -239,6 +273,7 @@ class DPOConfig(TrainConfig):
                                      "from it")
     sft_steps: int = opt(100, "steps of that SFT phase", bounds=AT_LEAST_ONE)
     lr: float = opt(5e-5, "peak learning rate (AdamW)", bounds=POSITIVE)
+    RENAMED: typing.ClassVar[dict] = {"gamma": "simpo_gamma", "lambda_": "dpop_lambda"}
 
 
 @dataclass
@@ -324,11 +359,12 @@ TRL_NAMES = {"learning_rate": "lr", "per_device_train_batch_size": "batch_size",
              "dataset_num_proc": "threads", "ref_model_name_or_path": "ref_model"}
 
 
-def did_you_mean(key: str, names, *, yaml_key: bool = False) -> str:
+def did_you_mean(key: str, names, *, yaml_key: bool = False, renamed: dict | None = None) -> str:
     """" (did you mean --lr?)" for a TRL-style or misspelt flag (" (did you mean lr?)" for a YAML
     key), else ""."""
     key = key.lstrip("-").split("=")[0]
-    ours = TRL_NAMES.get(key)
+    renamed = renamed or {}
+    ours = renamed.get(key) or TRL_NAMES.get(key)
     if ours is None or ours.split()[0] not in names:
         ours = next(iter(difflib.get_close_matches(key, names, n=1, cutoff=0.75)), None)
     if not ours:
@@ -354,8 +390,8 @@ def build_config(cls, args: argparse.Namespace | dict):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"unknown config key(s) for {cls.__name__}: "
-                         f"{', '.join(k + did_you_mean(k, names, yaml_key=k not in flags) for k in unknown)}")
+        hints = [k + cls.hint(k, yaml_key=k not in flags) for k in unknown]
+        raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(hints)}")
     return cls(**values)
 
 

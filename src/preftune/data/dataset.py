@@ -28,28 +28,37 @@ def encode_rows(rows: list[Row], kind: str, encoder: Encoder, bad: BadRows, *, m
     return examples
 
 
+def _files(rows: list[Row]) -> set[str]:
+    return {os.path.realpath(r.source) for r in rows if r.label != "index"}
+
+
 def build_examples(cfg, tokenizer, expect: tuple[str, ...], bad: BadRows, *, margins: bool = False,
-                   truncated: dict | None = None):
-    """Train and eval examples from ``cfg.data`` (and ``cfg.eval_data`` or ``cfg.eval_fraction``).
+                   truncated: dict | None = None, data=None, eval_data=None):
+    """Train and eval examples from ``data`` (default ``cfg.data``: a path, or rows as Python objects)
+    and ``eval_data`` (default ``cfg.eval_data``), or ``cfg.eval_fraction`` of the training rows.
 
     Returns (train, eval, kind). Bad rows raise or are recorded in ``bad``; an empty result is an
     error either way; eval data read from a training file is refused. ``truncated`` receives the
     counts of rows and tokens cut (``Encoder.truncated``).
     """
-    if not cfg.data:
+    data = cfg.data if data is None else data
+    eval_data = cfg.eval_data if eval_data is None else eval_data
+    if data is None or (isinstance(data, str) and not data):
         raise DataError("--data", None, None, "no training data given", kind="missing_file")
+    source = data if isinstance(data, str) else "data"
     encoder = Encoder(tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.truncation_side)
-    rows = load_rows(cfg.data, split=cfg.split, columns=cfg.columns, bad=bad)
-    kind = detect_kind(rows, cfg.data, expect)
+    rows = load_rows(data, split=cfg.split, columns=cfg.columns, bad=bad)
+    kind = detect_kind(rows, source, expect)
     train = encode_rows(rows, kind, encoder, bad, margins=margins)
     evals = []
-    if cfg.eval_data:
-        eval_rows = load_rows(cfg.eval_data, split=EVAL_SPLITS, columns=cfg.columns, bad=bad)
-        shared = sorted({os.path.realpath(r.source) for r in eval_rows} & {os.path.realpath(r.source) for r in rows})
+    if eval_data is not None and not (isinstance(eval_data, str) and not eval_data):
+        eval_source = eval_data if isinstance(eval_data, str) else "eval_data"
+        eval_rows = load_rows(eval_data, split=EVAL_SPLITS, columns=cfg.columns, bad=bad, name="eval_data")
+        shared = sorted(_files(eval_rows) & _files(rows))
         if shared:
-            raise DataError(cfg.eval_data, None, None, f"--eval_data reads training file(s) of --data: "
-                                                       f"{', '.join(shared)}", kind="invalid")
-        evals = encode_rows(eval_rows, detect_kind(eval_rows, cfg.eval_data, (kind,)), encoder, bad, margins=margins)
+            raise DataError(eval_source, None, None, f"--eval_data reads training file(s) of --data: "
+                                                     f"{', '.join(shared)}", kind="invalid")
+        evals = encode_rows(eval_rows, detect_kind(eval_rows, eval_source, (kind,)), encoder, bad, margins=margins)
     elif cfg.eval_fraction > 0 and len(train) > 1:
         order = list(range(len(train)))
         random.Random(cfg.seed).shuffle(order)
@@ -59,10 +68,10 @@ def build_examples(cfg, tokenizer, expect: tuple[str, ...], bad: BadRows, *, mar
     if truncated is not None:
         truncated.update(encoder.truncated)
     if not train and evals:
-        raise DataError(cfg.data, None, None, f"all {len(evals)} usable rows went to evaluation (--eval_fraction "
-                                              f"{cfg.eval_fraction})", kind="empty_dataset")
+        raise DataError(source, None, None, f"all {len(evals)} usable rows went to evaluation (--eval_fraction "
+                                            f"{cfg.eval_fraction})", kind="empty_dataset")
     if not train:
-        raise DataError(cfg.data, None, None,
+        raise DataError(source, None, None,
                         f"no usable rows ({bad.summary()['skipped_rows']} skipped; see rejected_rows.jsonl)",
                         kind="empty_dataset")
     return train, evals, kind

@@ -1,5 +1,5 @@
-"""Read rows from local JSONL / JSON (either gzipped) / Parquet / CSV files, folders of them, or hub
-datasets.
+"""Read rows from local JSONL / JSON (either gzipped) / Parquet / CSV files, folders of them, hub
+datasets, or Python objects (an iterable of dicts, a ``datasets.Dataset``).
 
 JSONL is parsed line by line so that a bad line is named by its number (and, with
 ``on_bad_row=skip``, kept whole); CSV is read with the standard library (every value a string),
@@ -188,12 +188,44 @@ def split_files(folder: Path, splits: tuple[str, ...]) -> list[Path]:
                     "the files by split (train.jsonl, test.jsonl)", kind="missing_file")
 
 
-def load_rows(source: str, *, split: str | tuple[str, ...] = "train", columns: dict | None = None,
-              bad: BadRows | None = None) -> list[Row]:
+def _read_objects(rows, name: str, bad: BadRows) -> list[Row]:
+    """Rows given as Python objects — an iterable of dicts or a ``datasets.Dataset`` — named ``name``
+    (``data``, ``eval_data``) and numbered by their 0-based index."""
+    if isinstance(rows, dict):
+        hint = " (a datasets.DatasetDict: pass one split, e.g. ds['train'])" if all(
+            hasattr(v, "column_names") for v in rows.values()) else ""
+        raise DataError(name, None, None, f"expected an iterable of row dicts, got a dict{hint}")
+    try:
+        items = iter(rows)
+    except TypeError:
+        raise DataError(name, None, None, f"expected a path or an iterable of row dicts, got "
+                                          f"{type(rows).__name__}") from None
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            bad.handle(DataError(name, i, None, f"expected a dict, got {type(item).__name__}", kind="wrong_type",
+                                 raw=item, row_label="index"))
+            continue
+        out.append(Row(name, i, dict(item), "index"))
+    if not out and not bad.rejected:
+        raise DataError(name, None, None, "holds no rows", kind="empty_dataset")
+    return out
+
+
+def load_rows(source, *, split: str | tuple[str, ...] = "train", columns: dict | None = None,
+              bad: BadRows | None = None, name: str = "data") -> list[Row]:
     """Every row of ``source``, with columns renamed by ``columns`` ({theirs: ours}). A folder gives
-    its files for ``split`` (the first of several names that matches), a hub dataset that split."""
+    its files for ``split`` (the first of several names that matches), a hub dataset that split; rows
+    given as Python objects are named ``name`` in messages."""
     bad = bad or BadRows("error")
     splits = (split,) if isinstance(split, str) else tuple(split)
+    if not isinstance(source, (str, Path)):
+        rows = _read_objects(source, name, bad)
+        if columns:
+            for r in rows:
+                r.data = {columns.get(k, k): v for k, v in r.data.items()}
+        return rows
+    source = str(source)
     path = Path(source).expanduser()
     if path.is_dir():
         rows = [r for p in split_files(path, splits) for r in _read_file(p, bad)]

@@ -23,6 +23,7 @@ import math
 
 from .errors import DataError
 from .load import Row
+from .tokenize import common_prefix
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 KIND_COLUMNS = {   # most specific first
@@ -93,22 +94,15 @@ def _text_or_messages(row: Row, field: str, *, completion: bool):
     raise row.error(field, f"expected a string or a list of messages, got {type(value).__name__}", "wrong_type")
 
 
-def _shared_prefix(a, b) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
 def _implicit_prompt(row: Row, chosen, rejected):
     """No prompt column: the prompt chosen and rejected share as a prefix (see the module docstring)."""
     if isinstance(chosen, list) and isinstance(rejected, list):
-        n = min(_shared_prefix(chosen, rejected), len(chosen) - 1, len(rejected) - 1)
+        n = min(common_prefix(chosen, rejected), len(chosen) - 1, len(rejected) - 1)
         if n == 0:
             raise row.error("prompt", "no prompt column, and chosen/rejected share no leading turns", "missing_column")
         return chosen[:n], chosen[n:], rejected[n:]
     if isinstance(chosen, str) and isinstance(rejected, str):
-        n = _shared_prefix(chosen, rejected)
+        n = common_prefix(chosen, rejected)
         shared = chosen[:n]
         ends = [shared.rfind(m) + len(m) for m in ASSISTANT_MARKERS if m in shared]
         if ends:

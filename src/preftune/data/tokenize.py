@@ -29,7 +29,8 @@ def render(tokenizer, prompt, completion=None) -> tuple[str, str | None]:
     return prompt_text, tokenizer.apply_chat_template(prompt + completion, chat_template=template, tokenize=False)
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a, b) -> int:
+    """How many leading items two sequences (token ids, strings, message lists) share."""
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1

@@ -76,8 +76,3 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, *, clip: flo
     clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
     return 0.5 * torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2)
 
-
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Per-position entropy −Σ p log p of softmax(logits)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from ..runtime.distributed import full_state_dict, is_sharded
 from .attention import ATTENTION
 
 
@@ -25,8 +28,11 @@ def _source(name: str) -> str:
     return name
 
 
-def load_tokenizer(name: str, *, trust_remote_code: bool = False):
-    tok = AutoTokenizer.from_pretrained(_source(name), trust_remote_code=trust_remote_code)
+def load_tokenizer(source, *, trust_remote_code: bool = False):
+    """A tokenizer from a folder or hub name, or a tokenizer object (used as it is); one without a pad
+    token pads with EOS."""
+    tok = AutoTokenizer.from_pretrained(_source(str(source)), trust_remote_code=trust_remote_code) \
+        if isinstance(source, (str, Path)) else source
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -53,11 +59,20 @@ def require_same_tokenizer(tokenizer, name: str, option: str, *, trust_remote_co
                          "policy's token ids")
 
 
-def _lora(model, cfg, task_type: str):
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters to add (peft): rank, alpha, dropout and the modules they adapt (empty: every linear
+    layer)."""
+    r: int
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple = ()
+
+
+def _lora(model, lora: LoraSpec, task_type: str):
     from peft import LoraConfig, get_peft_model
-    targets = list(cfg.lora_target_modules) or "all-linear"
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=targets, task_type=task_type)
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules) or "all-linear", task_type=task_type)
     return get_peft_model(model, config)
 
 
@@ -68,58 +83,87 @@ def _lora(model, cfg, task_type: str):
 PACKED_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "phi", "phi3", "gpt2", "gpt_neox", "opt"})
 
 
-def _use_packed_attention(model, cfg) -> None:
-    """``models.attention`` (packed batches attend sequence by sequence) for the model types above;
-    other types, and remote code, keep their own default."""
-    if not getattr(cfg, "trust_remote_code", False) and model.config.model_type in PACKED_TYPES:
-        model.set_attn_implementation(ATTENTION)
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside DDP and peft wrappers (its LoRA layers stay in place)."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _use_packed_attention(model) -> None:
+    """``models.attention`` (packed batches attend sequence by sequence) for the model types above, when
+    their code is transformers' own; other types, and remote code, keep their own default."""
+    base = base_model(model)
+    if base.config.model_type in PACKED_TYPES and type(base).__module__.startswith("transformers."):
+        base.set_attn_implementation(ATTENTION)
 
 
 def packs_exactly(model) -> bool:
     """Whether padding-free packed batches are exact for ``model`` (loaded with the packed attention)."""
-    base = getattr(model, "module", model)
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    return getattr(base.config, "_attn_implementation", None) == ATTENTION
+    return getattr(base_model(model).config, "_attn_implementation", None) == ATTENTION
 
 
-def _load_dtype(cfg, trainable: bool) -> torch.dtype:
+def _load_dtype(dtype: str, trainable: bool) -> torch.dtype:
     """Trained models load in float32 (the Trainer keeps float32 masters and computes in bfloat16
     with ``--dtype bfloat16``); frozen ones load straight in the compute dtype."""
-    return torch.bfloat16 if getattr(cfg, "dtype", "float32") == "bfloat16" and not trainable else torch.float32
+    return torch.bfloat16 if dtype == "bfloat16" and not trainable else torch.float32
 
 
-def _finish(model, cfg, trainable: bool, task_type: str):
-    _use_packed_attention(model, cfg)
+def _finish(model, *, trainable: bool, gradient_checkpointing: bool, lora: LoraSpec | None, task_type: str):
+    _use_packed_attention(model)
     if not trainable:
         model.eval().requires_grad_(False)
-    if trainable and getattr(cfg, "gradient_checkpointing", False):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if trainable and getattr(cfg, "lora_r", 0) > 0:
-        model = _lora(model, cfg, task_type)
+    if trainable and gradient_checkpointing:
+        base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if trainable and lora is not None and lora.r > 0:
+        if hasattr(model, "peft_config"):
+            raise ValueError("--lora_r: the model already carries peft adapters (they are trained as they are); "
+                             "leave lora_r at 0")
+        model = _lora(model, lora, task_type)
     return model
 
 
-def load_causal_lm(name: str, cfg=None, *, trainable: bool = True, device=None):
-    """A causal LM, loaded straight onto ``device`` in its dtype (float32 for training, whose bf16
-    copies the trainer makes; frozen models in the compute dtype); with ``cfg.lora_r > 0`` and
-    ``trainable``, LoRA adapters wrap it."""
-    trust = bool(getattr(cfg, "trust_remote_code", False))
-    model = AutoModelForCausalLM.from_pretrained(_source(name), dtype=_load_dtype(cfg, trainable),
-                                                 trust_remote_code=trust, use_safetensors=True,
-                                                 device_map=str(device) if device else None)
-    return _finish(model, cfg, trainable, "CAUSAL_LM")
+def _model(source, auto_class, *, trainable: bool, device, dtype: str, trust_remote_code: bool, **kwargs):
+    """``source`` loaded with ``auto_class`` straight onto ``device`` in its load dtype, or a model object
+    used as it is (its own dtype; moved to ``device`` when one is given)."""
+    if isinstance(source, nn.Module):
+        return source.to(device) if device is not None else source
+    if not isinstance(source, (str, Path)):
+        raise ValueError(f"model: expected a folder, a hub name or a transformers model, got {type(source).__name__}")
+    return auto_class.from_pretrained(_source(str(source)), dtype=_load_dtype(dtype, trainable),
+                                      trust_remote_code=trust_remote_code, use_safetensors=True,
+                                      device_map=str(device) if device else None, **kwargs)
 
 
-def load_reward_model(name: str, cfg=None, *, trainable: bool = True, pad_token_id: int | None = None, device=None):
-    """A sequence classifier with one output (a scalar reward), as the notes recommend, loaded
-    straight onto ``device``."""
-    trust = bool(getattr(cfg, "trust_remote_code", False))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        _source(name), num_labels=1, dtype=_load_dtype(cfg, trainable), trust_remote_code=trust, use_safetensors=True,
-        device_map=str(device) if device else None)
+def load_causal_lm(source, *, trainable: bool = True, device=None, dtype: str = "float32",
+                   trust_remote_code: bool = False, gradient_checkpointing: bool = False,
+                   lora: LoraSpec | None = None):
+    """A causal LM from a folder or hub name — loaded straight onto ``device`` in its dtype (float32 for
+    training, whose bf16 copies the trainer makes; frozen models in the compute dtype) — or a model object
+    (a ``PreTrainedModel`` or ``PeftModel``, used in place); with ``lora`` and ``trainable``, LoRA adapters
+    wrap it. Trained in place: the packed attention is set on supported types, a frozen model is frozen."""
+    model = _model(source, AutoModelForCausalLM, trainable=trainable, device=device, dtype=dtype,
+                   trust_remote_code=trust_remote_code)
+    return _finish(model, trainable=trainable, gradient_checkpointing=gradient_checkpointing, lora=lora,
+                   task_type="CAUSAL_LM")
+
+
+def inference_lm(source, **options):
+    """A causal LM to sample or score with: a model object as it is (nothing of it changes), else
+    ``load_causal_lm(source, trainable=False, **options)``."""
+    return source if isinstance(source, nn.Module) else load_causal_lm(source, trainable=False, **options)
+
+
+def load_reward_model(source, *, trainable: bool = True, pad_token_id: int | None = None, device=None,
+                      dtype: str = "float32", trust_remote_code: bool = False, gradient_checkpointing: bool = False,
+                      lora: LoraSpec | None = None):
+    """A sequence classifier with one output (a scalar reward), as the notes recommend: from a folder or
+    hub name (loaded straight onto ``device``), or a model object used in place."""
+    model = _model(source, AutoModelForSequenceClassification, trainable=trainable, device=device, dtype=dtype,
+                   trust_remote_code=trust_remote_code, num_labels=1)
     if pad_token_id is not None:
-        model.config.pad_token_id = pad_token_id
-    return _finish(model, cfg, trainable, "SEQ_CLS")
+        base_model(model).config.pad_token_id = pad_token_id
+    return _finish(model, trainable=trainable, gradient_checkpointing=gradient_checkpointing, lora=lora,
+                   task_type="SEQ_CLS")
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -139,7 +183,6 @@ def disable_dropout(model: torch.nn.Module) -> None:
 def _gathered_copy(model):
     """An FSDP2-sharded model's whole weights, gathered into an unsharded copy of it on rank 0's CPU
     (built on the meta device, then given the gathered tensors); None on the other ranks. A collective."""
-    from ..train.distributed import full_state_dict
     state = full_state_dict(model)
     if not state:
         return None
@@ -159,7 +202,6 @@ def save_model(model, tokenizer, path: Path, *, merge_lora: bool = True, main: b
     """A ``save_pretrained`` folder (safetensors) that plain ``transformers`` loads, written by the
     main process beside ``path`` and renamed into place, so a crash mid-save never leaves a
     half-written folder there. Every process calls it: an FSDP2 model is gathered first."""
-    from ..train.distributed import is_sharded
     model = getattr(model, "module", model)  # DDP
     if is_sharded(model):
         model = _gathered_copy(model)

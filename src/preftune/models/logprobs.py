@@ -9,6 +9,8 @@ full forward.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,6 +21,7 @@ except ImportError:   # a torch build without torch.distributed: nothing is shar
 
 from ..data.tokenize import IGNORE
 from .attention import _Select, packing_kwargs
+from .load import base_model
 
 
 def token_logps(logits: Tensor, targets: Tensor, chunk: int = 256) -> Tensor:
@@ -38,20 +41,30 @@ def _rows_padded(head: nn.Module, rows: Tensor, multiple: int = 64) -> Tensor:
     return head(F.pad(rows, (0, 0, 0, -len(rows) % multiple)))[:len(rows)]
 
 
-def _unwrapped(model: nn.Module) -> nn.Module:
-    """The model inside a peft wrapper (its LoRA layers stay in place), or the model itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _plain_head(lm) -> bool:
     cfg = lm.config
     return (getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
             and hasattr(lm, "get_decoder") and lm.get_output_embeddings() is not None)
 
 
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Per-row entropy −Σ p log p of softmax(logits), in float32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+@dataclass
+class TokenScores:
+    """What ``CausalLMScorer`` returns, over shifted positions (N, T−1): position t scores token t+1."""
+    logps: Tensor                   # log π(token) where labelled, 0 elsewhere (float32)
+    mask: Tensor                    # labelled positions (bool)
+    entropy: Tensor | None = None   # the policy's entropy there (``with_entropy``)
+    hidden: Tensor | None = None    # the decoder's last hidden states (N, T, H) (``with_hidden``)
+
+
 class CausalLMScorer(nn.Module):
-    """forward(input_ids, attention_mask, labels) → per-token log-probs (N, T−1) of labels[:, 1:]
-    (0 where the label is -100) and the mask of labelled positions."""
+    """forward(input_ids, attention_mask, labels) → ``TokenScores``: per-token log-probs (N, T−1) of
+    labels[:, 1:] (0 where the label is -100) and the mask of labelled positions."""
 
     def __init__(self, lm: nn.Module):
         super().__init__()
@@ -59,14 +72,14 @@ class CausalLMScorer(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, labels: Tensor, *,
                 position_ids: Tensor | None = None, packed: tuple[Tensor, Tensor] | None = None,
-                with_entropy: bool = False, with_hidden: bool = False):
-        """(token log-probs (N, T−1), mask (N, T−1)); with_entropy adds the per-token entropy of the
-        policy there, with_hidden the decoder's last hidden states (N, T, H). A packed batch passes
+                with_entropy: bool = False, with_hidden: bool = False) -> TokenScores:
+        """Token log-probs and their mask; with_entropy adds the per-token entropy of the policy there,
+        with_hidden the decoder's last hidden states (N, T, H). A packed batch passes
         ``position_ids``, ``packed`` = its (gather, scatter) index and no attention mask (see
         ``data.pack``)."""
         targets = labels[:, 1:]
         mask = targets != IGNORE
-        lm = _unwrapped(self.lm)
+        lm = base_model(self.lm)
         pos = position_ids if attention_mask is None else _positions(attention_mask)
         extra = packing_kwargs(lm, packed, attention_mask, input_ids.device)
         hidden = None
@@ -83,15 +96,11 @@ class CausalLMScorer(nn.Module):
             logits = out.logits[:, :-1][mask]
         logps = torch.zeros(targets.shape, dtype=torch.float32, device=input_ids.device)
         logps[mask] = token_logps(logits, targets[mask])
-        result = (logps, mask)
+        entropy = None
         if with_entropy:
             entropy = torch.zeros_like(logps)
-            lp = torch.log_softmax(logits.float(), -1)
-            entropy[mask] = -(lp.exp() * lp).sum(-1)
-            result += (entropy,)
-        if with_hidden:
-            result += (hidden,)
-        return result
+            entropy[mask] = entropy_from_logits(logits)
+        return TokenScores(logps, mask, entropy, hidden if with_hidden else None)
 
 
 def _labelled_logits(lm: nn.Module, input_ids: Tensor, position_ids: Tensor, packed: tuple[Tensor, Tensor],
@@ -133,7 +142,7 @@ def _classifier_hidden(base: nn.Module, input_ids: Tensor, attention_mask: Tenso
 def classifier_outputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
                        position_ids: Tensor | None = None, packed: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """A one-output sequence classifier's score head applied at every position: (N, T)."""
-    base = _unwrapped(model)
+    base = base_model(model)
     return base.score(_classifier_hidden(base, input_ids, attention_mask, position_ids, packed)).squeeze(-1).float()
 
 
@@ -185,7 +194,7 @@ def has_score_head(model: nn.Module) -> bool:
     """Decoder sequence classifiers (transformers' ``*ForSequenceClassification`` of Llama, GPT-2, OPT,
     …) put a ``score`` head on the last token's hidden state; encoders (BERT, RoBERTa, DeBERTa) pool
     their own way into a ``classifier``."""
-    return isinstance(getattr(_unwrapped(model), "score", None), nn.Module)
+    return isinstance(getattr(base_model(model), "score", None), nn.Module)
 
 
 class RewardScorer(nn.Module):
@@ -200,7 +209,7 @@ class RewardScorer(nn.Module):
                 last_index: Tensor | None = None, packed: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Padded batch: (input_ids, attention_mask). Packed batch (``data.pack``): attention_mask
         None, position_ids, last_index (flat index of each sequence's last token) and packed."""
-        base = _unwrapped(self.model)
+        base = base_model(self.model)
         if not has_score_head(base):   # an encoder classifier: its own pooling ([CLS]) and head
             if attention_mask is None:
                 raise ValueError(f"a packed batch for a {base.config.model_type} classifier (bidirectional attention)")
@@ -238,8 +247,8 @@ def rm_inputs(batch: dict) -> dict:
 def sequence_logps(scorer: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
     """Summed completion log-probs and completion lengths of each sequence of a padded or packed
     batch: two (N,) tensors, in input order."""
-    logps, mask = scorer(**lm_inputs(batch))
-    return per_sequence(logps, batch), per_sequence(mask.to(logps.dtype), batch)
+    out = scorer(**lm_inputs(batch))
+    return per_sequence(out.logps, batch), per_sequence(out.mask.to(out.logps.dtype), batch)
 
 
 def per_sequence(token_values: Tensor, batch: dict) -> Tensor:

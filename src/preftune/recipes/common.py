@@ -1,84 +1,127 @@
-"""Set-up shared by every recipe: threads, seeds, process group, run folder, tokenizer, data."""
+"""What every recipe shares: the objects a Python caller may hand in (``Inputs``), the result it gets
+back (``Result``), the model-loading options of a config, the tokenizer and data, and the composition
+``run_recipe(cfg, load, build)`` — a loader (paths or objects → a recipe's parts) under a builder (parts →
+``Trainer``) — that every ``run_x(cfg)`` and ``preftune.x(...)`` is."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
-import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-import numpy as np
 import torch
 
-from ..data import BadRows, build_examples
-from ..models import load_tokenizer
+from ..data import build_examples
+from ..models import LoraSpec, load_tokenizer
 from ..models.load import packs_exactly
-from ..train import RunDir
-from ..train import distributed
+from ..runtime import distributed
+from ..train import Trainer
+from ..train.setup import Examples, Setup, start
 
 
 @dataclass
-class Setup:
-    cfg: object
-    run: RunDir
-    bad: BadRows
-    rank: int
-    world: int
-    device: torch.device
-    truncated: dict = field(default_factory=dict)   # rows and tokens cut by truncation (summary.json)
+class Inputs:
+    """Objects a Python caller hands a recipe in place of the config's paths (None: the path)."""
+    model: Any = None         # a PreTrainedModel or PeftModel, trained in place
+    tokenizer: Any = None     # a tokenizer object
+    data: Any = None          # an iterable of row dicts or a datasets.Dataset
+    eval_data: Any = None
+    ref_model: Any = None     # a frozen reference PreTrainedModel
+    reward: Any = None        # a reward model, a callable, or a list of them (ppo)
+    value_model: Any = None   # the critic's initial model (ppo)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+@dataclass
+class Result:
+    """What a training run gives back: the trained model (on its device; a PeftModel keeps its adapters),
+    its tokenizer, summary.json's content and every logged metrics record."""
+    model: Any
+    tokenizer: Any
+    summary: dict
+    metrics: list[dict] = field(default_factory=list)
 
 
-def start(cfg) -> Setup:
-    """Threads, process group, seeds, the run folder with its config.yaml."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    rank, world, device = distributed.init(fsdp=cfg.fsdp, device=cfg.device, dtype=cfg.dtype)
-    if cfg.max_prompt_length >= cfg.max_length:
-        if rank == 0:
-            print(f"--max_prompt_length {cfg.max_prompt_length} ≥ --max_length {cfg.max_length}: prompts are cut to "
-                  f"{cfg.max_length // 2} tokens so that completions keep room")
-        cfg.max_prompt_length = cfg.max_length // 2
-    seed_everything(cfg.seed)
-    run = RunDir(cfg.output_dir, main=rank == 0)
-    run.claim(resume=cfg.resume, overwrite=cfg.overwrite)
-    distributed.barrier()
-    return Setup(cfg, run, BadRows(cfg.on_bad_row), rank, world, device)
-
-
-def require_model(cfg) -> str:
+def model_source(cfg, inputs: Inputs):
+    """The model object the caller gave, else ``--model``."""
+    if inputs.model is not None:
+        return inputs.model
     if not cfg.model:
         raise ValueError("--model is required (a folder or a hub name); `preftune demo` builds a tiny one")
     return cfg.model
 
 
-def tokenizer_and_data(setup: Setup, expect: tuple[str, ...]):
-    """Tokenizer of --model and the tokenised train / eval examples; skipped rows are written out."""
+def tokenizer_source(cfg, inputs: Inputs):
+    """The tokenizer object the caller gave, else ``--model``'s; for a model object without one, the
+    folder or hub name it was loaded from (as TRL does: ``model.config._name_or_path``)."""
+    if inputs.tokenizer is not None:
+        return inputs.tokenizer
+    source = model_source(cfg, inputs)
+    if isinstance(source, torch.nn.Module):
+        name = getattr(getattr(source, "config", None), "_name_or_path", "") or ""
+        if not name:
+            raise ValueError("tokenizer: the model object names no folder it came from; pass tokenizer=")
+        return name
+    return source
+
+
+def lora_spec(cfg) -> LoraSpec | None:
+    return LoraSpec(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_target_modules)) \
+        if cfg.lora_r > 0 else None
+
+
+def model_options(setup: Setup, *, trainable: bool = True) -> dict:
+    """The keyword arguments of ``load_causal_lm`` / ``load_reward_model`` that a training config sets."""
     cfg = setup.cfg
-    tokenizer = load_tokenizer(require_model(cfg), trust_remote_code=cfg.trust_remote_code)
+    return {"trainable": trainable, "device": setup.device, "dtype": cfg.dtype,
+            "trust_remote_code": cfg.trust_remote_code, "gradient_checkpointing": cfg.gradient_checkpointing,
+            "lora": lora_spec(cfg) if trainable else None}
+
+
+def tokenizer_and_data(setup: Setup, inputs: Inputs, expect: tuple[str, ...]) -> Examples:
+    """Tokenizer of --model (or the caller's) and the tokenised train / eval examples; skipped rows are
+    written out."""
+    cfg = setup.cfg
+    tokenizer = load_tokenizer(tokenizer_source(cfg, inputs), trust_remote_code=cfg.trust_remote_code)
     limit = tokenizer.model_max_length
     if limit < 1_000_000 and cfg.max_length > limit:   # e.g. an encoder's 512 learned positions
         if setup.rank == 0:
             print(f"--max_length {cfg.max_length} > the model's {limit} positions: sequences are cut to {limit}")
         cfg.max_length, cfg.max_prompt_length = limit, min(cfg.max_prompt_length, limit // 2)
+
     def build():
         try:
             return build_examples(cfg, tokenizer, expect, setup.bad, margins=getattr(cfg, "use_margin", False),
-                                  truncated=setup.truncated)
+                                  truncated=setup.truncated, data=inputs.data, eval_data=inputs.eval_data)
         finally:
-            if setup.rank == 0:
+            if setup.run.main:
                 setup.bad.write(setup.run.path)
 
     train, evals, kind = once_per_node(setup, build)
-    return tokenizer, train, evals, kind
+    return Examples(tokenizer, train, evals, kind)
+
+
+@dataclass
+class Parts:
+    """What a recipe's loader hands its builder: the model the run trains and returns, the examples, and
+    whatever else the recipe loaded (reference, reward, critic, …)."""
+    model: Any
+    examples: Examples
+    extra: dict = field(default_factory=dict)
+
+
+def run_recipe(cfg, load: Callable[[Setup, Inputs], Parts], build: Callable[[Setup, Parts], Trainer],
+               inputs: Inputs | None = None, on_log: Callable[[dict], None] | None = None) -> Result:
+    """``build(setup, load(setup, inputs)).fit()``: the run from its config and the caller's objects."""
+    setup = start(cfg)
+    parts = load(setup, inputs or Inputs())
+    trainer = build(setup, parts)
+    if on_log is not None:
+        trainer.on_log.append(on_log)
+    summary = trainer.fit()
+    return Result(parts.model, parts.examples.tokenizer, summary, trainer.logged)
 
 
 def once_per_node(setup: Setup, build):
@@ -87,7 +130,7 @@ def once_per_node(setup: Setup, build):
     if setup.world == 1:
         return build()
     first = os.environ.get("LOCAL_RANK", "0") == "0"
-    run = f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}:{os.path.abspath(setup.cfg.output_dir)}"
+    run = f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}:{os.path.abspath(str(setup.cfg.output_dir))}"
     path = Path(tempfile.gettempdir()) / f"preftune-data-{hashlib.sha256(run.encode()).hexdigest()[:16]}.pkl"
     if first:
         result = build()
@@ -102,31 +145,6 @@ def once_per_node(setup: Setup, build):
     if first:
         path.unlink()
     return result
-
-
-def steps_per_epoch(setup: Setup, n_train: int) -> float:
-    """Optimizer steps in one pass over ``n_train`` examples (for ``--epochs``)."""
-    cfg = setup.cfg
-    return n_train / (cfg.batch_size * cfg.grad_accum * setup.world)
-
-
-def fingerprint(examples: list[dict]) -> str:
-    """A hash of tokenised examples (ids, labels, rankings, margins): a resumed run must train on the
-    same rows."""
-    h = hashlib.sha256()
-    for e in examples:
-        h.update(json.dumps({k: v for k, v in sorted(e.items())
-                             if k.endswith("_ids") or k in ("label", "ranking", "margin")}).encode())
-    return h.hexdigest()
-
-
-def summary_extra(setup: Setup, train, evals, kind: str) -> dict:
-    return {"dataset_kind": kind, "train_examples": len(train), "eval_examples": len(evals),
-            "world_size": setup.world, **setup.bad.summary(), "truncated": setup.truncated}
-
-
-def move(batch: dict, device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def use_packing(setup: Setup, *models) -> bool:

@@ -18,16 +18,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import SFTConfig
+from ..config import SFTConfig, train_options
 from ..data import batch_sequences
 from ..losses.preference import LENGTH_NORMALISED, REFERENCE_FREE, plackett_luce_loss, preference_loss
-from ..models import CausalLMScorer, load_causal_lm, save_model
+from ..models import CausalLMScorer, load_causal_lm
 from ..models.load import disable_dropout
 from ..models.logprobs import sequence_logps
-from ..train import Trainer, distributed
+from ..runtime import distributed
+from ..runtime.device import move
+from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import (Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data,
-                     use_packing)
+from .common import (Inputs, Means, Parts, Result, model_options, model_source, run_recipe, shares,
+                     tokenizer_and_data, use_packing)
 from .reference import Reference
 
 
@@ -53,16 +55,20 @@ def grouped(values: torch.Tensor, batch: dict) -> torch.Tensor:
     return values.view(-1, batch["ranking"].shape[0]).T
 
 
-def precompute(reference: Reference, examples: list[dict], pad_id: int, setup, cache: Path, key: str) -> None:
+def precompute(reference: Reference, examples: list[dict], pad_id: int, setup, cache: Path | None, key: str) -> None:
     """Attach π_ref log-probs to each example: computed once, each process taking its share, gathered,
-    and cached in the run folder by rank 0 alone."""
-    if not cache.exists() or json.loads(cache.with_suffix(".json").read_text()).get("key") != key:
+    and cached in the run folder by rank 0 alone (``cache`` None: kept in memory only)."""
+    if cache is None or not cache.exists() or json.loads(cache.with_suffix(".json").read_text()).get("key") != key:
         values = []
         for part, _ in shares(examples, setup.cfg.batch_size, setup):
             batch = move(collate_dpo(part, pad_id), setup.device)
             values.append(grouped(reference(batch), batch).float())
         mine = torch.cat(values)
         table = distributed.all_gather(mine).transpose(0, 1).reshape(-1, mine.shape[1])[:len(examples)].cpu()
+        if cache is None:
+            for e, lp in zip(examples, table):
+                e["ref_logps"] = lp
+            return
         if setup.rank == 0:
             tmp = cache.with_name(f".{cache.name}.tmp")
             save_file({"ref_logps": table.contiguous()}, tmp)
@@ -91,7 +97,7 @@ def dpo_losses(cfg, policy, lengths, ref, ranking):
     ref = None if ref is None else ref.gather(1, ranking)
     if cfg.loss in LENGTH_NORMALISED and cfg.ipo_average_logps:
         policy, ref = policy / lengths, ref / lengths
-    hp = {"label_smoothing": cfg.label_smoothing, "gamma": cfg.gamma, "lambda_": cfg.lambda_}
+    hp = {"label_smoothing": cfg.label_smoothing, "gamma": cfg.simpo_gamma, "lambda_": cfg.dpop_lambda}
     return preference_loss(cfg.loss, policy[:, 0], policy[:, 1], None if ref is None else ref[:, 0],
                            None if ref is None else ref[:, 1], beta=cfg.beta, chosen_lengths=lengths[:, 0],
                            rejected_lengths=lengths[:, 1], **hp)
@@ -138,53 +144,81 @@ def evaluate_dpo(cfg, scorer, reference, examples, pad_id, setup) -> dict:
     return means.result(setup.device)
 
 
-def sft_reference_first(cfg) -> str:
-    """The notes' recipe when no SFT model exists: π_ref = argmax_π E[log π(y_w | x)]."""
-    from .sft import run_sft
-    fields = {f.name for f in dataclasses.fields(SFTConfig)}
-    sft_cfg = SFTConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in fields})
-    sft_cfg.output_dir = str(Path(cfg.output_dir) / "sft")
-    sft_cfg.max_steps, sft_cfg.epochs, sft_cfg.sft_on_chosen, sft_cfg.lr = cfg.sft_steps, None, True, SFTConfig.lr
-    sft_cfg.save_steps, sft_cfg.lora_r, sft_cfg.resume, sft_cfg.overwrite = 0, 0, True, False
-    if not (Path(sft_cfg.output_dir) / "summary.json").exists():   # done once; a killed phase starts over
-        run_sft(sft_cfg)
-    return str(Path(sft_cfg.output_dir) / "final")
+def sft_phase(cfg) -> SFTConfig:
+    """The SFT phase's config: the training options every command shares (data, lengths, batches, device,
+    …) as dpo was given them, SFT's own learning rate, ``--sft_steps`` steps, no LoRA, no checkpoints."""
+    folder = None if cfg.output_dir is None else str(Path(cfg.output_dir) / "sft")
+    return SFTConfig(**{**train_options(cfg), "output_dir": folder, "max_steps": cfg.sft_steps, "epochs": None,
+                        "lr": SFTConfig.lr, "save_steps": 0, "lora_r": 0, "resume": folder is not None,
+                        "overwrite": False}, sft_on_chosen=True)
+
+
+def sft_reference_first(cfg, inputs: Inputs):
+    """The notes' recipe when no SFT model exists: π_ref = argmax_π E[log π(y_w | x)], then DPO from it.
+    With a run folder the phase runs once into ``<output_dir>/sft`` (a killed phase starts over) and DPO
+    starts from its final/; without one, from the model it returns."""
+    from .sft import train_sft
+    sft_cfg = sft_phase(cfg)
+    if sft_cfg.output_dir is None:
+        result = train_sft(sft_cfg, inputs)
+        return dataclasses.replace(cfg, sft_on_chosen=False), dataclasses.replace(
+            inputs, model=result.model, tokenizer=result.tokenizer)
+    if not (Path(sft_cfg.output_dir) / "summary.json").exists():
+        train_sft(sft_cfg, inputs)
+    final = str(Path(sft_cfg.output_dir) / "final")
+    return dataclasses.replace(cfg, model=final, sft_on_chosen=False), dataclasses.replace(
+        inputs, model=None, tokenizer=None)
+
+
+def load_dpo(setup, inputs: Inputs) -> Parts:
+    """Paths or objects → the policy, its reference (or, with --ref precomputed, the reference's log-probs
+    attached to the examples) and the pair / ranking examples."""
+    cfg = setup.cfg
+    examples = tokenizer_and_data(setup, inputs, ("ranking", "preference"))
+    if examples.kind == "ranking":
+        ks = {len(e["completions_ids"]) for e in examples.train + examples.evals}
+        if len(ks) > 1:
+            raise ValueError(f"{cfg.data if inputs.data is None else 'data'}: ranking rows must all have the same "
+                             f"number of completions, found {sorted(ks)}")
+        if ks != {2} and (cfg.loss != "sigmoid" or cfg.ref == "none"):
+            raise ValueError("ranking data trains with Plackett–Luce: use --loss sigmoid with a reference")
+    model = load_causal_lm(model_source(cfg, inputs), **model_options(setup))
+    disable_dropout(model)
+    scorer = CausalLMScorer(model)
+    reference = None if cfg.loss in REFERENCE_FREE else Reference(setup, scorer, examples.tokenizer, inputs)
+    if cfg.ref == "precomputed" and reference is not None:
+        objects = inputs.model is not None or inputs.ref_model is not None   # no path to key a cache on
+        for name, part in (("train", examples.train), ("eval", examples.evals)):
+            if part:
+                cache = None if setup.run.path is None or objects else \
+                    setup.run.path / f"ref_logps_{name}.safetensors"
+                precompute(reference, part, examples.tokenizer.pad_token_id, setup, cache, data_key(cfg, part))
+        reference = None   # free the reference: its log-probs now travel with the data
+    return Parts(model, examples, {"scorer": scorer, "reference": reference})
+
+
+def build_dpo(setup, parts: Parts) -> Trainer:
+    cfg, model, examples = setup.cfg, parts.model, parts.examples
+    scorer, reference = parts.extra["scorer"], parts.extra["reference"]
+    pad = examples.tokenizer.pad_token_id
+    packing = use_packing(setup, model, reference.lm if reference is not None else None)
+    stream = ExampleStream(examples.train, partial(collate_dpo, pad_id=pad, packing=packing), cfg.batch_size,
+                           cfg.grad_accum, seed=cfg.seed, rank=setup.rank, world=setup.world)
+    evals = examples.evals
+    return Trainer(setup, scorer, stream, make_step(cfg, reference), lambda b: b["ranking"].shape[0],
+                   examples=examples, save=model,
+                   evaluate=(lambda: evaluate_dpo(cfg, scorer, reference, evals, pad, setup)) if evals else None,
+                   summary_extra={"loss": cfg.loss, "beta": cfg.beta, "ref": cfg.ref})
+
+
+def train_dpo(cfg, inputs: Inputs | None = None, on_log=None) -> Result:
+    if cfg.ref == "none" and cfg.loss not in REFERENCE_FREE:
+        raise ValueError(f"--ref none works only with a reference-free loss ({', '.join(sorted(REFERENCE_FREE))})")
+    inputs = inputs or Inputs()
+    if cfg.sft_on_chosen:
+        cfg, inputs = sft_reference_first(cfg, inputs)
+    return run_recipe(cfg, load_dpo, build_dpo, inputs, on_log)
 
 
 def run_dpo(cfg) -> dict:
-    if cfg.ref == "none" and cfg.loss not in REFERENCE_FREE:
-        raise ValueError(f"--ref none works only with a reference-free loss ({', '.join(sorted(REFERENCE_FREE))})")
-    if cfg.sft_on_chosen:
-        cfg = dataclasses.replace(cfg, model=sft_reference_first(cfg), sft_on_chosen=False)
-    setup = start(cfg)
-    tokenizer, train, evals, kind = tokenizer_and_data(setup, ("ranking", "preference"))
-    if kind == "ranking":
-        ks = {len(e["completions_ids"]) for e in train + evals}
-        if len(ks) > 1:
-            raise ValueError(f"{cfg.data}: ranking rows must all have the same number of completions, "
-                             f"found {sorted(ks)}")
-        if ks != {2} and (cfg.loss != "sigmoid" or cfg.ref == "none"):
-            raise ValueError("ranking data trains with Plackett–Luce: use --loss sigmoid with a reference")
-    model = load_causal_lm(cfg.model, cfg, device=setup.device)
-    disable_dropout(model)
-    scorer = CausalLMScorer(model)
-    reference = None if cfg.loss in REFERENCE_FREE else Reference(cfg, scorer, tokenizer, setup.device)
-    pad = tokenizer.pad_token_id
-    if cfg.ref == "precomputed" and reference is not None:
-        for name, part in (("train", train), ("eval", evals)):
-            if part:
-                precompute(reference, part, pad, setup, setup.run.path / f"ref_logps_{name}.safetensors",
-                           data_key(cfg, part))
-        reference = None   # free the reference: its log-probs now travel with the data
-    packing = use_packing(setup, model, reference.lm if reference is not None else None)
-    stream = ExampleStream(train, partial(collate_dpo, pad_id=pad, packing=packing), cfg.batch_size, cfg.grad_accum,
-                           seed=cfg.seed, rank=setup.rank, world=setup.world)
-    trainer = Trainer(
-        cfg, setup.run, scorer, stream, make_step(cfg, reference), lambda b: b["ranking"].shape[0],
-        evaluate=(lambda: evaluate_dpo(cfg, scorer, reference, evals, pad, setup)) if evals else None,
-        save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora,
-                                       main=setup.rank == 0),
-        rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
-        steps_per_epoch=steps_per_epoch(setup, len(train)),
-        summary_extra={**summary_extra(setup, train, evals, kind), "loss": cfg.loss, "beta": cfg.beta, "ref": cfg.ref})
-    return trainer.fit()
+    return train_dpo(cfg).summary

@@ -8,7 +8,6 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -16,8 +15,9 @@ from ..config import DeviceConfig, opt
 from ..data import BadRows
 from ..eval import elo_ratings, sample_and_score, win_rate
 from ..eval.report import markdown, plot, write_csv
-from ..models import load_causal_lm, load_tokenizer
-from ..models.device import prepare, resolve
+from ..models import load_tokenizer
+from ..models.load import inference_lm
+from ..runtime.device import prepare, resolve
 from ..rewards import load_reward_source
 from .generate import prompt_examples
 
@@ -35,21 +35,21 @@ class EvalConfig(DeviceConfig):
     seed: int = opt(0, "sampling seed (the same for every policy)")
 
 
-def evaluate_policies(policies: list[dict], ref_model: str, prompts_source: str, reward_fn, out: Path, *,
+def evaluate_policies(policies: list[dict], ref_model, prompts_source, reward_fn, out: Path | None, *,
                       num_prompts: int, max_new_tokens: int, seed: int = 0, samples_shown: int = 3,
                       title: str = "reward vs KL", extra_md: str = "", device=None, dtype: str = "float32",
-                      log: bool = False) -> list[dict]:
-    """policies: [{name, path, method, beta}]; the reference itself is evaluated as method 'sft'."""
-    out.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer(ref_model)
+                      log: bool = False, tokenizer=None) -> list[dict]:
+    """policies: [{name, path, method, beta}] (``path``: a folder or a model object); the reference itself
+    is evaluated as method 'sft'. ``out`` None: the rows only, no files."""
+    tok = load_tokenizer(tokenizer if tokenizer is not None else ref_model)
     prompts = prompt_examples(tok, prompts_source, 256, BadRows("error"))[:num_prompts]
-    precision = SimpleNamespace(dtype=dtype)
-    ref = load_causal_lm(ref_model, precision, trainable=False, device=device)
+    ref = inference_lm(ref_model, device=device, dtype=dtype)
     entries = [{"name": "sft", "path": ref_model, "method": "sft", "beta": None}] + list(policies)
     results = {}
     for e in entries:
         start = time.perf_counter()
-        lm = ref if e["path"] == ref_model else load_causal_lm(e["path"], precision, trainable=False, device=device)
+        same = e["path"] is ref_model or (isinstance(e["path"], str) and e["path"] == ref_model)
+        lm = ref if same else inference_lm(e["path"], device=device, dtype=dtype)
         results[e["name"]] = r = sample_and_score(lm, ref, tok, prompts, reward_fn, max_new_tokens=max_new_tokens,
                                                   seed=seed)
         if log:
@@ -61,6 +61,9 @@ def evaluate_policies(policies: list[dict], ref_model: str, prompts_source: str,
         r = results[e["name"]]
         rows.append({"name": e["name"], "method": e["method"], "beta": e.get("beta"), **r.summary(),
                      "win_rate_vs_sft": win_rate(r.rewards, results["sft"].rewards), "elo": elo[e["name"]]})
+    if out is None:
+        return rows
+    out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "frontier.csv")
     plot(rows, out / "frontier.png", title)
     shown = {n: list(zip(r.prompts, r.completions, r.rewards))[:samples_shown] for n, r in results.items()}
@@ -74,7 +77,7 @@ def evaluate_policies(policies: list[dict], ref_model: str, prompts_source: str,
 
 def run_eval(cfg: EvalConfig) -> None:
     device = resolve(cfg.device)
-    prepare(device, cfg.dtype)
+    prepare(device)
     torch.manual_seed(cfg.seed)
     policies = [{"name": n, "path": p, "method": n.split("@")[0], "beta": None} for n, p in cfg.policies.items()]
     reward_fn = load_reward_source(cfg.reward, device=device, dtype=cfg.dtype)

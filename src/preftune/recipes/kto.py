@@ -8,6 +8,7 @@ reference point z₀ = KL(π‖π_ref) under no gradient. Preference pairs are a
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import torch
@@ -15,13 +16,14 @@ import torch.distributed as dist
 
 from ..data import batch_sequences
 from ..losses.preference import kto_loss, kto_reference_point
-from ..models import CausalLMScorer, load_causal_lm, save_model
+from ..models import CausalLMScorer, load_causal_lm
 from ..models.load import disable_dropout
 from ..models.logprobs import sequence_logps
+from ..runtime.device import move
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import (Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data,
-                     use_packing)
+from .common import (Inputs, Means, Parts, Result, model_options, model_source, run_recipe, shares,
+                     tokenizer_and_data, use_packing)
 from .reference import Reference
 
 
@@ -104,36 +106,47 @@ def evaluate_kto(cfg, scorer, reference, examples, collate, setup) -> dict:
     return out
 
 
-def run_kto(cfg) -> dict:
-    setup = start(cfg)
-    tokenizer, train, evals, kind = tokenizer_and_data(setup, ("unpaired", "preference"))
-    train, evals = unpaired(train), unpaired(evals)
+def load_kto(setup, inputs: Inputs) -> Parts:
+    """Paths or objects → the policy, its reference and the unpaired examples (pairs unpaired)."""
+    cfg = setup.cfg
+    examples = tokenizer_and_data(setup, inputs, ("unpaired", "preference"))
+    examples = dataclasses.replace(examples, train=unpaired(examples.train), evals=unpaired(examples.evals))
+    train = examples.train
     desirable = sum(e["label"] for e in train)
     if not 0 < desirable < len(train):
-        raise ValueError(f"{cfg.data}: KTO needs desirable and undesirable rows; found {desirable} of {len(train)} "
-                         "desirable")
+        raise ValueError(f"{cfg.data if inputs.data is None else 'data'}: KTO needs desirable and undesirable rows; "
+                         f"found {desirable} of {len(train)} desirable")
     ratio = cfg.desirable_weight * desirable / (cfg.undesirable_weight * (len(train) - desirable))
     if not 1 <= ratio <= 4 / 3 and setup.rank == 0:
         print(f"kto: λ_D·n_D / (λ_U·n_U) = {ratio:.2f}; the KTO paper advises [1, 4/3] "
               "(set --desirable_weight or --undesirable_weight)")
-    model = load_causal_lm(cfg.model, cfg, device=setup.device)
+    model = load_causal_lm(model_source(cfg, inputs), **model_options(setup))
     disable_dropout(model)
     scorer = CausalLMScorer(model)
-    reference = Reference(cfg, scorer, tokenizer, setup.device)
-    pad = tokenizer.pad_token_id
+    reference = Reference(setup, scorer, examples.tokenizer, inputs)
+    return Parts(model, examples, {"scorer": scorer, "reference": reference, "desirable": desirable})
+
+
+def build_kto(setup, parts: Parts) -> Trainer:
+    cfg, model, examples = setup.cfg, parts.model, parts.examples
+    scorer, reference, desirable = parts.extra["scorer"], parts.extra["reference"], parts.extra["desirable"]
+    pad = examples.tokenizer.pad_token_id
     collate = partial(collate_kto, pad_id=pad, max_length=cfg.max_length,
                       packing=use_packing(setup, model, reference.lm))
-    stream = ExampleStream(train, collate, cfg.batch_size, cfg.grad_accum, seed=cfg.seed, rank=setup.rank,
+    stream = ExampleStream(examples.train, collate, cfg.batch_size, cfg.grad_accum, seed=cfg.seed, rank=setup.rank,
                            world=setup.world)
-    trainer = Trainer(
-        cfg, setup.run, scorer, stream, make_step(cfg, reference), lambda b: len(b["label"]),
-        evaluate=(lambda: evaluate_kto(cfg, scorer, reference, evals, partial(collate_kto, pad_id=pad,
-                                                                               max_length=cfg.max_length),
-                                       setup)) if evals else None,
-        save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora,
-                                       main=setup.rank == 0),
-        rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
-        steps_per_epoch=steps_per_epoch(setup, len(train)),
-        summary_extra={**summary_extra(setup, train, evals, kind), "desirable_examples": desirable,
-                       "undesirable_examples": len(train) - desirable, "beta": cfg.beta})
-    return trainer.fit()
+    padded = partial(collate_kto, pad_id=pad, max_length=cfg.max_length)
+    evals = examples.evals
+    return Trainer(setup, scorer, stream, make_step(cfg, reference), lambda b: len(b["label"]), examples=examples,
+                   save=model,
+                   evaluate=(lambda: evaluate_kto(cfg, scorer, reference, evals, padded, setup)) if evals else None,
+                   summary_extra={"desirable_examples": desirable,
+                                  "undesirable_examples": len(examples.train) - desirable, "beta": cfg.beta})
+
+
+def train_kto(cfg, inputs: Inputs | None = None, on_log=None) -> Result:
+    return run_recipe(cfg, load_kto, build_kto, inputs, on_log)
+
+
+def run_kto(cfg) -> dict:
+    return train_kto(cfg).summary

@@ -8,12 +8,13 @@ extra columns for evaluation.
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DeviceConfig, opt
 from ..data import load_rows
-from ..models.device import prepare, resolve
+from ..runtime.device import prepare, resolve
 from ..rewards import load_reward_source
 from ..rewards.labels import preference_rows
 
@@ -23,10 +24,11 @@ class LabelConfig(DeviceConfig):
     data: str = opt(None, "completions JSONL from `preftune generate` (prompt, completion)")
     reward: str = opt(None, "reward source: reward-model folder or module:function")
     output_dir: str = opt("labels", "folder for pairs.jsonl and rankings.jsonl")
-    temperature: float = opt(0.1, "label noise T: P(y₁ ≻ y₂) = σ((r₁ − r₂)/T); 0 = always the higher reward",
-                              bounds="[0, inf)")
+    label_temperature: float = opt(0.1, "label noise T: P(y₁ ≻ y₂) = σ((r₁ − r₂)/T); 0 = always the higher reward",
+                                   bounds="[0, inf)")
     seed: int = opt(0, "seed of the label sampling")
     all_pairs: bool = opt(False, "label every pair of a prompt's different completions (C(K, 2) pairs), not one")
+    RENAMED: typing.ClassVar[dict] = {"temperature": "label_temperature"}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -78,7 +80,7 @@ def label_samples(samples: str, reward_fn, out: Path, temperature: float, seed: 
 
 def run_label(cfg: LabelConfig) -> None:
     device = resolve(cfg.device)
-    prepare(device, cfg.dtype)
+    prepare(device)
     reward_fn = load_reward_source(cfg.reward, device=device, dtype=cfg.dtype)
-    stats = label_samples(cfg.data, reward_fn, Path(cfg.output_dir), cfg.temperature, cfg.seed, cfg.all_pairs)
+    stats = label_samples(cfg.data, reward_fn, Path(cfg.output_dir), cfg.label_temperature, cfg.seed, cfg.all_pairs)
     print(json.dumps(stats))

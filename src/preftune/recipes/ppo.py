@@ -10,6 +10,7 @@ for it, so checkpoints (taken at iteration boundaries) resume to the same rollou
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -18,15 +19,19 @@ from torch import nn
 
 from ..data import build_examples, collate
 from ..losses.ppo import gae, kl_estimate, masked_mean, policy_loss, value_loss, whiten
-from ..models import CausalLMScorer, load_causal_lm, load_reward_model, save_model
+from ..models import CausalLMScorer, load_causal_lm, load_reward_model
 from ..models.load import disable_dropout, require_same_tokenizer
 from ..models.logprobs import classifier_outputs, has_score_head
 from ..rewards import RewardModel, load_reward_source
 from ..rewards.shaping import KLController, RunningMoments, shape_scores
 from ..rollout import generate
-from ..train import Trainer, distributed
+from ..runtime import distributed
+from ..runtime.device import move
+from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import Means, fingerprint, move, shares, start, summary_extra, tokenizer_and_data
+from .common import (Inputs, Means, Parts, Result, model_options, model_source, run_recipe, shares,
+                     tokenizer_and_data)
+from .reference import reference_model
 
 
 class ActorCritic(nn.Module):
@@ -49,14 +54,14 @@ class ActorCritic(nn.Module):
         batch the policy's mean NLL on it — all in one forward call so DDP sees every use."""
         shared = self.value_head is not None
         out = self.policy(input_ids, attention_mask, labels, with_entropy=with_entropy, with_hidden=shared)
-        result = {"logps": out[0], "mask": out[1], "entropy": out[2] if with_entropy else None, "values": None}
+        result = {"logps": out.logps, "mask": out.mask, "entropy": out.entropy, "values": None}
         if shared:
-            result["values"] = self.value_head(out[-1]).squeeze(-1)[:, :-1].float()
+            result["values"] = self.value_head(out.hidden).squeeze(-1)[:, :-1].float()
         elif self.critic is not None:
             result["values"] = classifier_outputs(self.critic, input_ids, attention_mask)[:, :-1]
         if ptx is not None:
-            lp, pm = self.policy(ptx["input_ids"], ptx["attention_mask"], ptx["labels"])
-            result["ptx_nll"] = -lp.sum() / pm.sum().clamp(min=1)
+            text = self.policy(ptx["input_ids"], ptx["attention_mask"], ptx["labels"])
+            result["ptx_nll"] = -text.logps.sum() / text.mask.sum().clamp(min=1)
         return result
 
 
@@ -114,7 +119,7 @@ class Rollouts:
         for i in range(0, len(batch["input_ids"]), self.cfg.forward_batch_size):
             rows = [batch[k][i:i + self.cfg.forward_batch_size] for k in ("input_ids", "attention_mask", "labels")]
             out = self.model(*rows, with_entropy=False)
-            parts.append((out["logps"], out["mask"], out["values"], self.ref(*rows)[0]))
+            parts.append((out["logps"], out["mask"], out["values"], self.ref(*rows).logps))
         return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts))
 
     @torch.no_grad()
@@ -161,7 +166,7 @@ class Rollouts:
             "rollout/response_length": float(lengths.mean()),
             "rollout/eos_share": float(ended.float().mean()), "rollout/gen_tokens_per_s": gen.tokens / max(t_gen, 1e-9),
             "rollout/gen_s": t_gen, "rollout/score_s": t_score})
-        self.data, self.iteration, self.t_made = data, iteration, time.perf_counter()
+        self.data, self.iteration = data, iteration
 
     def __call__(self, step: int, micro: int) -> dict:
         iteration, update = divmod(step, self.updates_per_iteration)
@@ -248,48 +253,65 @@ def evaluate_policy(rollouts: Rollouts, prompts: list[dict]) -> dict:
     for part, weights in shares(prompts, len(prompts), setup):
         batch, raw, ended, _, _ = rollouts.sample(part, 1)
         out = rollouts.model(batch["input_ids"], batch["attention_mask"], batch["labels"], with_entropy=False)
-        ref = rollouts.ref(batch["input_ids"], batch["attention_mask"], batch["labels"])[0]
+        ref = rollouts.ref(batch["input_ids"], batch["attention_mask"], batch["labels"]).logps
         means.add(weights, reward=raw.cpu(), kl=((out["logps"] - ref) * out["mask"]).sum(1).cpu(),
                   response_length=out["mask"].sum(1).float().cpu(), eos_share=ended.float().cpu())
     return means.result(setup.device)
 
 
-def build_critic(cfg, reward_is_model: bool, tokenizer, device):
-    """PPO's separate critic, from --value_model, the reward model, or the policy; it reads the policy's
-    token ids, so its tokenizer must be the policy's."""
+def build_critic(setup, reward, tokenizer, inputs: Inputs):
+    """PPO's separate critic, from --value_model, the reward model, or the policy (a caller's objects: a
+    copy of the reward model or policy); it reads the policy's token ids, so its tokenizer must be the
+    policy's."""
+    cfg = setup.cfg
     if cfg.algo != "ppo" or cfg.critic == "shared":
         return None
-    path = cfg.value_model or (cfg.reward if reward_is_model else cfg.model)
-    option = "value_model" if cfg.value_model else "reward"
-    if path != cfg.model:
-        require_same_tokenizer(tokenizer, path, option, trust_remote_code=cfg.trust_remote_code)
-    critic = load_reward_model(path, cfg, device=device)
+    options = {**model_options(setup), "lora": None}
+    if inputs.value_model is not None:
+        source, option = inputs.value_model, "value_model"
+    elif cfg.value_model:
+        source, option = cfg.value_model, "value_model"
+    elif isinstance(reward, RewardModel):
+        source, option = reward.source, "reward"
+    else:
+        source, option = model_source(cfg, inputs), "model"
+    if isinstance(source, torch.nn.Module):
+        if option == "model":   # a causal LM object has no one-output head to start the critic from
+            raise ValueError("ppo with a callable reward and a model object needs value_model= (a one-output "
+                             "sequence classifier) or critic='shared'")
+        source = copy.deepcopy(source).float().requires_grad_(True) if option == "reward" else source   # RM stays
+    elif option != "model":
+        require_same_tokenizer(tokenizer, source, option, trust_remote_code=cfg.trust_remote_code)
+    critic = load_reward_model(source, pad_token_id=tokenizer.pad_token_id, **options)
     if not has_score_head(critic):
-        raise ValueError(f"--{option} {path}: an encoder classifier cannot be PPO's critic (it needs a value at every "
+        raise ValueError(f"--{option}: an encoder classifier cannot be PPO's critic (it needs a value at every "
                          "token of a causal model); pass a decoder with --value_model, or --critic shared")
     return critic
 
 
-def run_ppo(cfg) -> dict:
-    if not cfg.reward:
-        raise ValueError("--reward is required: a reward-model folder or module:function")
-    if cfg.algo in ("rloo", "grpo") and cfg.num_samples < 2:
-        raise ValueError(f"--algo {cfg.algo} needs --num_samples ≥ 2 (a group per prompt)")
-    setup = start(cfg)
-    tokenizer, train, evals, kind = tokenizer_and_data(setup, ("preference", "ranking", "messages", "unpaired", "sft",
-                                                               "prompt"))
-    reward_fn = load_reward_source(cfg.reward, device=setup.device, dtype=cfg.dtype, batch_size=cfg.forward_batch_size)
-    policy = load_causal_lm(cfg.model, cfg, device=setup.device)
-    critic = build_critic(cfg, isinstance(reward_fn, RewardModel), tokenizer, setup.device)
-    if critic is not None:
-        critic.config.pad_token_id = tokenizer.pad_token_id
+def load_ppo(setup, inputs: Inputs) -> Parts:
+    """Paths or objects → the policy (with its critic), the frozen reference, the reward source and the
+    prompts."""
+    cfg = setup.cfg
+    examples = tokenizer_and_data(setup, inputs, ("preference", "ranking", "messages", "unpaired", "sft", "prompt"))
+    tokenizer = examples.tokenizer
+    reward = inputs.reward if inputs.reward is not None else cfg.reward
+    reward_fn = load_reward_source(reward, device=setup.device, dtype=cfg.dtype, batch_size=cfg.forward_batch_size,
+                                   tokenizer=tokenizer)
+    policy = load_causal_lm(model_source(cfg, inputs), **model_options(setup))
+    critic = build_critic(setup, reward_fn, tokenizer, inputs)
     model = ActorCritic(policy, critic, shared_head=cfg.algo == "ppo" and cfg.critic == "shared").to(setup.device)
     disable_dropout(model)
-    if cfg.ref_model:
-        require_same_tokenizer(tokenizer, cfg.ref_model, "ref_model", trust_remote_code=cfg.trust_remote_code)
-    ref = CausalLMScorer(load_causal_lm(cfg.ref_model or cfg.model, cfg, trainable=False, device=setup.device)).eval()
+    ref = CausalLMScorer(reference_model(setup, policy, tokenizer, inputs, adapters_off=False)).eval()
     if cfg.fsdp:
         distributed.shard(ref)
+    return Parts(policy, examples, {"actor_critic": model, "ref": ref, "reward_fn": reward_fn})
+
+
+def build_ppo(setup, parts: Parts) -> Trainer:
+    cfg, examples = setup.cfg, parts.examples
+    model, ref, reward_fn = parts.extra["actor_critic"], parts.extra["ref"], parts.extra["reward_fn"]
+    tokenizer, train = examples.tokenizer, examples.train
     rollouts = Rollouts(cfg, setup, tokenizer, train, model, ref, reward_fn)
     u = rollouts.updates_per_iteration
     if (cfg.max_steps or 0) % u or cfg.save_steps % u:
@@ -297,20 +319,27 @@ def run_ppo(cfg) -> dict:
         if setup.rank == 0:
             print(f"ppo: {u} updates per iteration; the run and --save_steps ({cfg.save_steps}) end on whole "
                   "iterations")
-    if cfg.ptx_coef and not cfg.ptx_data:
-        raise ValueError("--ptx_coef needs --ptx_data (a text dataset)")
     ptx = PtxStream(cfg, tokenizer, setup.bad) if cfg.ptx_coef else None
-    eval_prompts = (evals or train)[:cfg.eval_prompts]
-    trainer = Trainer(
-        cfg, setup.run, model, rollouts, make_step(cfg, ptx),
-        lambda b: int(b["mask"].sum()),
-        evaluate=(lambda: evaluate_policy(rollouts, eval_prompts)) if eval_prompts else None,
-        save_final=lambda: save_model(policy, tokenizer, setup.run.final, merge_lora=cfg.merge_lora,
-                                       main=setup.rank == 0),
-        rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
+    eval_prompts = (examples.evals or train)[:cfg.eval_prompts]
+    return Trainer(
+        setup, model, rollouts, make_step(cfg, ptx), lambda b: int(b["mask"].sum()), examples=examples,
+        save=parts.model, evaluate=(lambda: evaluate_policy(rollouts, eval_prompts)) if eval_prompts else None,
         steps_per_epoch=len(train) / (cfg.rollout_batch_size * setup.world) * u, step_multiple=u,
-        summary_extra={**summary_extra(setup, train, evals, kind), "algo": cfg.algo, "updates_per_iteration": u},
-        state=run_state(rollouts, ptx),
+        summary_extra={"algo": cfg.algo, "updates_per_iteration": u}, state=run_state(rollouts, ptx),
         final_summary=lambda: {"kl_coef_per_rank": distributed.all_gather(
             torch.tensor(rollouts.kl.value, dtype=torch.float64, device=setup.device)).tolist()})
-    return trainer.fit()
+
+
+def train_ppo(cfg, inputs: Inputs | None = None, on_log=None) -> Result:
+    inputs = inputs or Inputs()
+    if not cfg.reward and inputs.reward is None:
+        raise ValueError("--reward is required: a reward-model folder or module:function")
+    if cfg.algo in ("rloo", "grpo") and cfg.num_samples < 2:
+        raise ValueError(f"--algo {cfg.algo} needs --num_samples ≥ 2 (a group per prompt)")
+    if cfg.ptx_coef and not cfg.ptx_data:
+        raise ValueError("--ptx_coef needs --ptx_data (a text dataset)")
+    return run_recipe(cfg, load_ppo, build_ppo, inputs, on_log)
+
+
+def run_ppo(cfg) -> dict:
+    return train_ppo(cfg).summary

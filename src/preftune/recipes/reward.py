@@ -12,11 +12,12 @@ import torch
 
 from ..data import batch_sequences
 from ..losses.reward import best_of_n_loss, centering_loss, pairwise_loss, ranking_loss
-from ..models import RewardScorer, load_reward_model, rm_inputs, save_model
+from ..models import RewardScorer, load_reward_model, rm_inputs
 from ..models.load import disable_dropout
+from ..runtime.device import move
 from ..train import Trainer
 from ..train.loop import ExampleStream
-from .common import (Means, fingerprint, move, shares, start, steps_per_epoch, summary_extra, tokenizer_and_data,
+from .common import (Inputs, Means, Parts, Result, model_options, model_source, run_recipe, shares, tokenizer_and_data,
                      use_packing)
 
 
@@ -92,23 +93,30 @@ def evaluate_rm(scorer, items, pad_id, setup) -> dict:
     return means.result(setup.device)
 
 
-def run_rm(cfg) -> dict:
-    setup = start(cfg)
-    tokenizer, train, evals, kind = tokenizer_and_data(setup, ("ranking", "preference"))
-    model = load_reward_model(cfg.model, cfg, pad_token_id=tokenizer.pad_token_id, device=setup.device)
+def load_rm(setup, inputs: Inputs) -> Parts:
+    """Paths or objects → the one-output reward model, its tokenizer and the pair / ranking examples."""
+    examples = tokenizer_and_data(setup, inputs, ("ranking", "preference"))
+    model = load_reward_model(model_source(setup.cfg, inputs), pad_token_id=examples.tokenizer.pad_token_id,
+                              **model_options(setup))
     disable_dropout(model)
+    return Parts(model, examples)
+
+
+def build_rm(setup, parts: Parts) -> Trainer:
+    cfg, model, examples = setup.cfg, parts.model, parts.examples
     scorer = RewardScorer(model)
-    pad = tokenizer.pad_token_id
-    train_items, eval_items = groups(train), groups(evals)
-    stream = ExampleStream(train_items, partial(collate_groups, pad_id=pad, packing=use_packing(setup, model)),
-                           cfg.batch_size, cfg.grad_accum,
-                           seed=cfg.seed, rank=setup.rank, world=setup.world)
-    trainer = Trainer(
-        cfg, setup.run, scorer, stream, make_step(cfg), lambda b: len(b["group_sizes"]),
-        evaluate=(lambda: evaluate_rm(scorer, eval_items, pad, setup)) if eval_items else None,
-        save_final=lambda: save_model(model, tokenizer, setup.run.final, merge_lora=cfg.merge_lora,
-                                       main=setup.rank == 0),
-        rank=setup.rank, world=setup.world, device=setup.device, data_fingerprint=fingerprint(train),
-        steps_per_epoch=steps_per_epoch(setup, len(train_items)),
-        summary_extra=summary_extra(setup, train, evals, kind))
-    return trainer.fit()
+    pad = examples.tokenizer.pad_token_id
+    eval_items = groups(examples.evals)
+    collate = partial(collate_groups, pad_id=pad, packing=use_packing(setup, model))
+    stream = ExampleStream(groups(examples.train), collate, cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
+                           rank=setup.rank, world=setup.world)
+    return Trainer(setup, scorer, stream, make_step(cfg), lambda b: len(b["group_sizes"]), examples=examples,
+                   save=model, evaluate=(lambda: evaluate_rm(scorer, eval_items, pad, setup)) if eval_items else None)
+
+
+def train_rm(cfg, inputs: Inputs | None = None, on_log=None) -> Result:
+    return run_recipe(cfg, load_rm, build_rm, inputs, on_log)
+
+
+def run_rm(cfg) -> dict:
+    return train_rm(cfg).summary

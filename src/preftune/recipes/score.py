@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import DeviceConfig, opt
 from ..data import BadRows, DataError, detect_kind, load_rows, validate
-from ..models.device import prepare, resolve
+from ..runtime.device import prepare, resolve
 from ..rewards import load_reward_source
 
 
@@ -20,10 +20,14 @@ class ScoreConfig(DeviceConfig):
     on_bad_row: str = opt("error", "error or skip", ["error", "skip"])
 
 
-def run_score(cfg: ScoreConfig) -> None:
+def score_rows(cfg: ScoreConfig, *, reward=None, data=None, tokenizer=None) -> tuple[list[dict], BadRows]:
+    """The rows of ``data`` (default ``cfg.data``) with their reward(s) from ``reward`` (default
+    ``cfg.reward``): ``reward`` for prompt + completion rows, ``reward_chosen`` / ``reward_rejected`` for
+    pairs; and the skipped rows."""
     bad = BadRows(cfg.on_bad_row)
-    rows = load_rows(cfg.data, bad=bad)
-    kind = detect_kind(rows, cfg.data, ("preference", "unpaired", "sft"))
+    source = cfg.data if data is None else data
+    rows = load_rows(source, bad=bad)
+    kind = detect_kind(rows, source if isinstance(source, str) else "data", ("preference", "unpaired", "sft"))
     examples = []
     for row in rows:
         try:
@@ -31,19 +35,28 @@ def run_score(cfg: ScoreConfig) -> None:
         except DataError as err:
             bad.handle(err)
     device = resolve(cfg.device)
-    prepare(device, cfg.dtype)
-    source = load_reward_source(cfg.reward, batch_size=cfg.batch_size, device=device, dtype=cfg.dtype)
+    prepare(device)
+    reward_fn = load_reward_source(cfg.reward if reward is None else reward, batch_size=cfg.batch_size, device=device,
+                                   dtype=cfg.dtype, tokenizer=tokenizer)
     fields = ("chosen", "rejected") if kind == "preference" else ("completion",)
-    scores = {f: source([e["prompt"] for _, e in examples], [e[f] for _, e in examples]) for f in fields}
+    scores = {f: reward_fn([e["prompt"] for _, e in examples], [e[f] for _, e in examples]) for f in fields}
+    out = []
+    for i, (row, _) in enumerate(examples):
+        record = dict(row.data)
+        for f in fields:
+            record["reward" if f == "completion" else f"reward_{f}"] = scores[f][i]
+        out.append(record)
+    return out, bad
+
+
+def run_score(cfg: ScoreConfig) -> None:
+    records, bad = score_rows(cfg)
     with open(cfg.output, "w", encoding="utf-8") as out:
-        for i, (row, _) in enumerate(examples):
-            record = dict(row.data)
-            for f in fields:
-                record["reward" if f == "completion" else f"reward_{f}"] = scores[f][i]
+        for record in records:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     output = Path(cfg.output)
     rejected = f"{output.name.split('.')[0]}.rejected_rows.jsonl"
     bad.write(output.parent, rejected)
     skipped = bad.summary()["skipped_rows"]
-    print(f"scored {len(examples)} rows into {cfg.output}" +
+    print(f"scored {len(records)} rows into {cfg.output}" +
           (f"; {skipped} skipped, kept in {output.parent / rejected}" if skipped else ""))

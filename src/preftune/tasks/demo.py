@@ -34,7 +34,7 @@ import torch
 
 from ..config import DeviceConfig, DPOConfig, PPOConfig, RMConfig, SFTConfig, opt
 from ..eval.report import aggregate, compare_frontiers, markdown, plot, write_csv
-from ..models.device import prepare, resolve
+from ..runtime.device import prepare, resolve
 from ..recipes.dpo import run_dpo
 from ..recipes.evaluate import evaluate_policies
 from ..recipes.generate import GenerateConfig, run_generate
@@ -159,7 +159,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve(cfg.device)
-    prepare(device, cfg.dtype)
+    prepare(device)
     size = SIZES[cfg.quick]
     seeds = [cfg.seed + i for i in range(cfg.seeds or size["seeds"])]
     out = Path(cfg.output_dir)
@@ -193,7 +193,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                          log_seconds=LOG_SECONDS, device=cfg.device, dtype=cfg.dtype)
     stages.run("sample K completions per prompt", "generate", gen, run_generate, out / "samples.jsonl")
     lab = LabelConfig(data=str(out / "samples.jsonl"), reward=REWARD, output_dir=str(out / "prefs"), all_pairs=True,
-                      temperature=size["label_temperature"], seed=cfg.seed, device=cfg.device, dtype=cfg.dtype)
+                      label_temperature=size["label_temperature"], seed=cfg.seed, device=cfg.device, dtype=cfg.dtype)
     stages.run("label all C(K,2) pairs with ground truth (Bradley–Terry)", "label", lab, run_label,
                out / "prefs" / "pairs.jsonl")
     pairs = read_jsonl(out / "prefs" / "pairs.jsonl")

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..runtime.distributed import barrier
+
 PREFIX = "step-"
 
 
@@ -86,7 +88,6 @@ def save_sharded(folder: Path, step: int, model, optimizer, scheduler, extra: di
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from .distributed import barrier
     final, tmp = folder / f"{PREFIX}{step}", folder / f".tmp-{PREFIX}{step}"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,16 +16,17 @@ import sys
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
 from ..data.tokenize import real_tokens
-from . import checkpoint, distributed
+from ..models import save_model
+from ..runtime import distributed
+from ..runtime.device import move
+from . import checkpoint
 from .precision import MasterWeights
-from .run import RunDir
 
 
 class TrainingError(RuntimeError):
@@ -86,36 +87,44 @@ class ExampleStream:
         return self.collate([self.examples[self._index(k)] for k in range(start, start + self.batch_size)])
 
 
-@dataclass
 class Trainer:
-    cfg: object                                   # TrainConfig
-    run: RunDir
-    model: torch.nn.Module                        # trainable module (wrapped in DDP when distributed)
-    batches: Callable[[int, int], dict]           # (step, micro) -> batch
-    step_fn: Callable[[torch.nn.Module, dict], tuple]   # (model, batch) -> (loss_sum, metrics)
-    count_fn: Callable[[dict], int]               # batch -> items in its loss sum
-    evaluate: Callable[[], dict] | None = None    # () -> metrics on held-out data
-    save_final: Callable[[], None] | None = None
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    summary_extra: dict = field(default_factory=dict)
-    state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None   # recipe state kept in checkpoints
-    data_fingerprint: str | None = None           # of the tokenised training rows: a resume must see the same
-    steps_per_epoch: float | None = None          # optimizer steps in one pass over the training data (--epochs)
-    step_multiple: int = 1                        # the run's length is rounded up to a multiple of this
-    final_summary: Callable[[], dict] | None = None   # () -> summary entries at the end (every process calls it)
+    """The loop over one recipe's parts. From the run's ``Setup`` (config, run folder, ranks, device) and:
+    ``model`` the trainable module (wrapped in DDP/FSDP2 here), ``batches(step, micro) -> batch``,
+    ``step_fn(module, batch) -> (loss_sum, metrics)``, ``count_fn(batch) -> items in the loss sum``,
+    ``examples`` (tokenizer and rows: the resume fingerprint, ``--epochs``, the summary), and optionally
+    ``save`` (the model written to final/ with the tokenizer), ``evaluate() -> metrics``, ``state`` (get,
+    load) of recipe state kept in checkpoints, ``steps_per_epoch`` (default: training rows per global
+    batch), ``step_multiple`` (the run's length is rounded up to a multiple), ``summary_extra`` and
+    ``final_summary() -> dict`` (every process calls it at the end).
 
-    def __post_init__(self):
-        cfg = self.cfg
+    Hooks: ``on_step_end`` callables get (step, metrics) after every optimizer step (a rollout engine's
+    weight sync goes there); ``on_log`` callables get each logged metrics record; ``logged`` keeps them."""
+
+    def __init__(self, setup, model: torch.nn.Module, batches: Callable[[int, int], dict],
+                 step_fn: Callable[[torch.nn.Module, dict], tuple], count_fn: Callable[[dict], int], *, examples,
+                 save: torch.nn.Module | None = None, evaluate: Callable[[], dict] | None = None,
+                 state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
+                 steps_per_epoch: float | None = None, step_multiple: int = 1, summary_extra: dict | None = None,
+                 final_summary: Callable[[], dict] | None = None):
+        cfg = self.cfg = setup.cfg
+        self.run, self.rank, self.world, self.device = setup.run, setup.rank, setup.world, setup.device
+        self.model, self.batches, self.step_fn, self.count_fn = model, batches, step_fn, count_fn
+        self.examples, self.save, self.evaluate, self.state = examples, save, evaluate, state
+        self.data_fingerprint = examples.fingerprint()
+        self.steps_per_epoch = steps_per_epoch or len(examples.train) / (cfg.batch_size * cfg.grad_accum * self.world)
+        self.summary_extra = {**examples.summary(setup), **(summary_extra or {})}
+        self.final_summary = final_summary
+        self.on_step_end: list[Callable[[int, dict], None]] = []
+        self.on_log: list[Callable[[dict], None]] = []
+        self.logged: list[dict] = []
         if cfg.max_steps is not None:
             steps = cfg.max_steps
         elif cfg.epochs is not None:
             steps = math.ceil(cfg.epochs * self.steps_per_epoch - 1e-9)
         else:
             steps = 100
-        self.max_steps = max(1, math.ceil(steps / self.step_multiple)) * self.step_multiple
-        self.fsdp = bool(getattr(cfg, "fsdp", False))
+        self.max_steps = max(1, math.ceil(steps / step_multiple)) * step_multiple
+        self.fsdp = cfg.fsdp
         if self.fsdp:   # FSDP2's mixed precision replaces the master weights: bf16 compute, float32 shards
             self.master = None
             self.ddp_model = distributed.shard(self.model, compute_dtype=torch.bfloat16
@@ -135,6 +144,13 @@ class Trainer:
         self.step = 0
         self.bad_in_row = 0
         self.bad_total = 0
+
+    def _log(self, metrics: dict) -> None:
+        record = {"step": self.step, **metrics}
+        self.logged.append(record)
+        self.run.log(self.step, metrics)
+        for hook in self.on_log:
+            hook(record)
 
     def _evaluate(self) -> dict:
         """Evaluation on its own random stream: sampling there never changes the training run (so a
@@ -210,7 +226,7 @@ class Trainer:
         loss_sum, sums = 0.0, {}
         finite = True
         for m, (batch, n) in enumerate(zip(micro, counts)):
-            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = move(batch, self.device)
             # gradients are reduced at the last micro-batch, or at each one when bf16 gradients move
             # into float32 sums after every backward
             reduce_now = m == len(micro) - 1 or self.world == 1 or self.master is not None
@@ -277,8 +293,10 @@ class Trainer:
             if self.evaluate and (cfg.eval_steps and self.step % cfg.eval_steps == 0 or self.step == self.max_steps):
                 final_eval = self._evaluate()
                 metrics.update({f"eval/{k}": v for k, v in final_eval.items()})
+            for hook in self.on_step_end:
+                hook(self.step, metrics)
             if self.step % cfg.log_steps == 0 or self.step == self.max_steps:
-                self.run.log(self.step, metrics)
+                self._log(metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
             bar.update(1)
             if cfg.log_seconds and self.rank == 0 and elapsed - logged_at >= cfg.log_seconds:
@@ -302,8 +320,9 @@ class Trainer:
             summary["eval"] = final_eval if final_eval is not None else self._evaluate()
         if self.master is not None:
             self.master.release()
-        if self.save_final:
-            self.save_final()   # every process: an FSDP2 model is gathered for rank 0 to write
+        if self.save is not None and self.run.path is not None:   # every process: FSDP2 gathers for rank 0
+            save_model(self.save, self.examples.tokenizer, self.run.final, merge_lora=cfg.merge_lora,
+                       main=self.rank == 0)
         distributed.barrier()
         summary["peak_memory_mb"] = distributed.all_gather(
             torch.tensor(distributed.peak_memory_mb(self.device), device=self.device)).tolist()

@@ -1,4 +1,5 @@
-"""A run folder: config.yaml, metrics.jsonl, TensorBoard logs, summary.json, checkpoints, final/.
+"""A run folder: config.yaml, metrics.jsonl, tracker logs (TensorBoard's by default), summary.json,
+checkpoints, final/.
 
 A folder holding a run is refused unless the run is resumed or overwritten; a lock file keeps two
 runs out of one folder; summary.json is written last (atomically), so a run — and a pipeline stage
@@ -15,9 +16,10 @@ import socket
 from pathlib import Path
 
 from ..config import save_config
+from .trackers import open_trackers, scalars
 
 # what training writes; --overwrite removes exactly these once the new run starts training
-ARTEFACTS = ("metrics.jsonl", "summary.json", "checkpoints", "final", "tensorboard")
+ARTEFACTS = ("metrics.jsonl", "summary.json", "checkpoints", "final", "tensorboard", "wandb")
 LOCK = ".lock"
 _HELD: list["RunDir"] = []   # folders this process has locked
 
@@ -39,22 +41,27 @@ def _alive(pid: int) -> bool:
 
 
 class RunDir:
-    def __init__(self, output_dir: str | Path, *, main: bool = True):
-        self.path = Path(output_dir)
-        self.main = main
-        self._tb = None
+    """The run folder, or with ``output_dir`` None (the Python API's in-memory run) no folder at all:
+    nothing is locked or written."""
+
+    def __init__(self, output_dir: str | Path | None, *, main: bool = True):
+        self.path = None if output_dir is None else Path(output_dir)
+        self.main = main and self.path is not None
+        self._trackers = []
         self._locked = False
 
     @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+    def checkpoints(self) -> Path | None:
+        return None if self.path is None else self.path / "checkpoints"
 
     @property
-    def final(self) -> Path:
-        return self.path / "final"
+    def final(self) -> Path | None:
+        return None if self.path is None else self.path / "final"
 
     def holds_run(self) -> list[str]:
         """The run artefacts already in the folder (a config.yaml alone is a run that never started)."""
+        if self.path is None:
+            return []
         return [name for name in ("metrics.jsonl", "checkpoints", "final", "summary.json")
                 if (self.path / name).exists()]
 
@@ -80,6 +87,7 @@ class RunDir:
             target = self.path / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         save_config(cfg, self.path / "config.yaml")
+        self._trackers = open_trackers(cfg.report_to, self.path, cfg)
 
     def _lock(self) -> None:
         lock = self.path / LOCK
@@ -122,12 +130,9 @@ class RunDir:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(str(self.path / "tensorboard"))
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                self._tb.add_scalar(k, v, step)
+        values = scalars(metrics)
+        for tracker in self._trackers:
+            tracker.log(step, values)
 
     def write_summary(self, summary: dict) -> None:
         """summary.json, atomically: its presence marks the run (and a stage built on it) done."""
@@ -137,9 +142,9 @@ class RunDir:
             os.replace(tmp, self.path / "summary.json")
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        for tracker in self._trackers:
+            tracker.close()
+        self._trackers = []
         self.release()
 
 

@@ -1,6 +1,7 @@
 """One device policy for every command: ``--device auto|cpu|cuda|cuda:N`` (auto = the GPU when there
-is one, under torchrun the local rank's; else the CPU), TF32 matmuls for float32 on CUDA, freed CPU
-memory kept for reuse."""
+is one, under torchrun the local rank's; else the CPU). Process-wide settings — TF32 matmuls for float32
+on CUDA, freed CPU memory kept for reuse — are the command line's (``process_settings``): the Python API
+leaves them to its caller."""
 from __future__ import annotations
 
 import ctypes
@@ -22,19 +23,26 @@ def resolve(spec: str = "auto") -> torch.device:
     return torch.device("cuda", local) if device.index is None else device
 
 
-def prepare(device: torch.device, dtype: str) -> None:
-    """Make ``device`` current; float32 on CUDA computes its matmuls in TF32 (as transformers' and
-    TRL's ``tf32`` flag does: ~10 mantissa bits, several times the FP32 rate on Ampere and later)."""
-    keep_freed_memory()
+def prepare(device: torch.device) -> None:
+    """Make ``device`` the current CUDA device (nothing on the CPU)."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        if dtype == "float32":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
 
 
-def frozen_dtype(dtype: str) -> torch.dtype:
-    return torch.bfloat16 if dtype == "bfloat16" else torch.float32
+def process_settings(device_spec: str = "auto", dtype: str = "float32") -> None:
+    """What ``preftune <command>`` sets for its whole process: freed CPU memory kept for reuse
+    (``keep_freed_memory``), and float32 on CUDA computing its matmuls in TF32 (as transformers' and TRL's
+    ``tf32`` flag does: ~10 mantissa bits, several times the FP32 rate on Ampere and later). A Python
+    caller who wants them calls this function."""
+    keep_freed_memory()
+    if dtype == "float32" and torch.cuda.is_available() and resolve(device_spec).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def move(batch: dict, device) -> dict:
+    """A batch's tensors on ``device`` (other values as they are)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters (malloc.h)

@@ -9,17 +9,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .device import prepare, resolve
 
-def init(*, fsdp: bool = False, device: str = "auto", dtype: str = "float32") -> tuple[int, int, torch.device]:
-    """(rank, world size, device) under the device policy (``models.device``); starts the process
+
+def init(*, fsdp: bool = False, device: str = "auto") -> tuple[int, int, torch.device]:
+    """(rank, world size, device) under the device policy (``runtime.device``); starts the process
     group when launched by torchrun (with FSDP2, also for a single process): nccl on GPUs, gloo on CPU."""
-    from ..models.device import prepare, resolve
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if fsdp and "RANK" not in os.environ:
         raise ValueError("--fsdp true shards the models over the processes torchrun starts: "
                          "torchrun --nproc_per_node N -m preftune ...")
     device = resolve(device)
-    prepare(device, dtype)
+    prepare(device)
     if (world > 1 or fsdp) and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
