@@ -118,7 +118,7 @@ def test_ppo_with_a_closure_reward_and_a_model_object(tiny_lm, tmp_path, monkeyp
         return [float(c.count("great")) for c in completions]
     result = preftune.ppo(model, [{"prompt": "the film"}] * 8, reward=judge, algo="grpo", num_samples=4,
                           rollout_batch_size=2, batch_size=4, max_steps=8, max_new_tokens=6, eval_prompts=0,
-                          progress=False)   # 2 epochs × 8 samples / 4 per update = 4 updates per iteration
+                          num_iterations=2, progress=False)   # 2 × 8 samples / 4 per update = 4 updates per rollout
     assert result.model is model and changed(before, model) and len(seen) == 2 * (2 * 4)
     assert list(tmp_path.iterdir()) == []
 

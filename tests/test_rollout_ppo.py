@@ -98,7 +98,8 @@ RL = ["--reward", "preftune.tasks.toy:great_share", "--progress", "false", "--ev
 @pytest.mark.slow
 @pytest.mark.parametrize("algo,extra", [("ppo", ["--rollout_batch_size", "32"]),
                                         ("rloo", ["--rollout_batch_size", "8", "--num_samples", "4"]),
-                                        ("grpo", ["--rollout_batch_size", "8", "--num_samples", "4", "--lr", "3e-4"])])
+                                        ("grpo", ["--rollout_batch_size", "8", "--num_samples", "4", "--lr", "3e-4",
+                                                  "--beta", "0.05"])])
 def test_rl_raises_programmatic_reward_with_bounded_kl(tiny_lm, tmp_path, algo, extra):
     """Reward = share of the word "great" in the completion; the SFT model starts near 0.03 (the
     word's corpus frequency). Threshold: the final held-out mean reward at least triples the first

@@ -96,8 +96,10 @@ def _typed(name: str, value, typ, default, nullable: bool = False):
 @dataclass
 class Config:
     """Base of every command's config: values typed from their fields and checked on creation.
-    ``RENAMED`` maps spellings a class no longer takes onto its own (did-you-mean hints)."""
+    ``RENAMED`` maps spellings a class no longer takes onto its own (did-you-mean hints); ``ALIASES`` maps
+    other names it takes (TRL's) onto its fields."""
     RENAMED: typing.ClassVar[dict] = {}
+    ALIASES: typing.ClassVar[dict] = {}
 
     @classmethod
     def hint(cls, key: str, *, yaml_key: bool = False) -> str:
@@ -121,6 +123,8 @@ class Config:
 
 POSITIVE, NON_NEGATIVE, AT_LEAST_ONE = "(0, inf)", "[0, inf)", "[1, inf)"
 # the names of preftune.losses.preference.PREFERENCE_LOSSES (a test keeps them equal; this module imports no torch)
+# the names of preftune.losses.ppo.GRPO_LOSSES (likewise)
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo")
 PREFERENCE_LOSS_NAMES = ("sigmoid", "ipo", "hinge", "robust", "dpop", "bco_pair", "apo_zero", "simpo", "orpo")
 
 
@@ -291,6 +295,10 @@ class KTOConfig(TrainConfig):
 
 @dataclass
 class PPOConfig(TrainConfig):
+    ALIASES: typing.ClassVar[dict] = {"num_generations": "num_samples", "max_completion_length": "max_new_tokens"}
+    RENAMED: typing.ClassVar[dict] = {"importance_sampling_level": "importance_sampling",
+                                      "use_bias_correction_kl": "bias_corrected_kl"}
+
     algo: str = opt("ppo", "ppo (critic + GAE), rloo (leave-one-out baseline) or grpo (group-normalised advantage, "
                            "KL in the loss)", ["ppo", "rloo", "grpo"])
     reward: str = opt(None, "reward source: a reward-model folder (scored at the last token) or module:function")
@@ -307,7 +315,31 @@ class PPOConfig(TrainConfig):
     temperature: float = opt(1.0, "sampling temperature (0 = greedy)", bounds=NON_NEGATIVE)
     top_k: int = opt(0, "sample among the k most likely tokens (0 = all)", bounds=NON_NEGATIVE)
     top_p: float = opt(1.0, "nucleus sampling mass", bounds="(0, 1]")
-    kl_coef: float = opt(0.05, "β of the per-token KL penalty (ppo, rloo) or KL loss (grpo)", bounds=NON_NEGATIVE)
+    kl_coef: float = opt(0.05, "β of the per-token KL penalty in the reward (ppo, rloo; 0 with no --target_kl: "
+                               "no reference model is loaded)", bounds=NON_NEGATIVE)
+    loss_type: str = opt("dapo", "grpo's loss, as TRL 1.16 names and computes it: grpo (per-sequence length-"
+                                 "normalised, Shao et al. 2024), dr_grpo (÷ B·max_new_tokens, Liu et al. 2025), "
+                                 "dapo (÷ the step's completion tokens, Yu et al. 2025), bnpo (÷ each micro-batch's "
+                                 "tokens), cispo (clipped-ratio REINFORCE, MiniMax-M1), sapo (soft gate), luspo "
+                                 "(sequence loss × length; needs --importance_sampling sequence)",
+                         list(GRPO_LOSS_TYPES))
+    epsilon: float = opt(0.2, "grpo's clip ε of the ratio (lower side; ppo and rloo use --clip_range)",
+                         bounds=POSITIVE)
+    epsilon_high: float = opt(None, "grpo's upper clip (DAPO's clip-higher: 0.28; default: --epsilon); for cispo "
+                                    "the cap on the ratio (5.0 in MiniMax-M1; required)", bounds=POSITIVE)
+    importance_sampling: str = opt("token", "grpo's importance ratio per token, or per sequence (GSPO, Zheng et al. "
+                                            "2025: the exp of the mean token log-ratio)", ["token", "sequence"])
+    scale_rewards: str = opt("group", "grpo's advantage scaling: ÷ the group's reward std (group), the batch's "
+                                      "(batch, PPO-Lite), or none (Dr. GRPO)", ["group", "batch", "none"])
+    beta: float = opt(0.0, "grpo: weight of the k3 KL to π_ref in the loss (0 = TRL's default: no reference model is "
+                           "loaded or run)", bounds=NON_NEGATIVE)
+    bias_corrected_kl: bool = opt(True, "grpo: multiply the KL term by the importance ratio (DeepSeek-V3.2; TRL's "
+                                        "use_bias_correction_kl)")
+    mask_truncated_completions: bool = opt(False, "grpo: leave completions that end without EOS out of the loss "
+                                                  "(DAPO)")
+    num_iterations: int = opt(1, "grpo: updates per generation batch (μ; ppo and rloo use --ppo_epochs); with 1 and "
+                                 "one minibatch, the old log-probs are the update's own (no separate pass, as TRL)",
+                              bounds=AT_LEAST_ONE)
     kl_estimator: str = opt("k1", "KL estimator in the reward: k1, k2 or k3 (Schulman)", ["k1", "k2", "k3"])
     target_kl: float = opt(None, "adapt β towards this KL per completion (Ziegler et al.); none = fixed β",
                            bounds=POSITIVE)
@@ -332,6 +364,15 @@ class PPOConfig(TrainConfig):
     max_prompt_length: int = opt(128, "maximum prompt tokens", bounds=AT_LEAST_ONE)
     batch_size: int = opt(8, "completions per micro-batch per process", bounds=AT_LEAST_ONE)
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.algo == "grpo" and self.loss_type == "cispo" and self.epsilon_high is None:
+            raise ValueError("--loss_type cispo needs --epsilon_high, the cap on the importance ratio (5.0 in "
+                             "MiniMax-M1)")
+        if self.algo == "grpo" and self.loss_type == "luspo" and self.importance_sampling != "sequence":
+            raise ValueError("--loss_type luspo needs --importance_sampling sequence (LUSPO scales GSPO's "
+                             "sequence loss by its length)")
+
 
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """Add ``--config`` and one ``--key`` flag per field of ``cls`` to ``parser``; values stay strings
@@ -347,6 +388,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         parser.add_argument(f"--{f.name}", dest=f.name, default=argparse.SUPPRESS,
                             metavar=hints[f.name].__name__.upper(),
                             help=f"{meta.get('help', '')} (default: {json.dumps(default)}{limits})", **extra)
+    for alias, name in cls.ALIASES.items():
+        parser.add_argument(f"--{alias}", dest=alias, default=argparse.SUPPRESS, metavar=hints[name].__name__.upper(),
+                            help=f"another name for --{name} (TRL's)")
 
 
 # TRL / transformers TrainingArguments names users bring, and ours
@@ -387,6 +431,11 @@ def build_config(cls, args: argparse.Namespace | dict):
         values.update(loaded)
     flags = {k: v for k, v in given.items() if k not in ("command", "debug")}
     values.update(flags)
+    for alias, name in cls.ALIASES.items():
+        if alias in values:
+            if name in values and str(values[name]) != str(values[alias]):
+                raise ValueError(f"--{alias} is another name for --{name}: give one of them")
+            values[name] = values.pop(alias)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:

@@ -76,3 +76,73 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, *, clip: flo
     clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
     return 0.5 * torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2)
 
+
+
+# GRPO's loss family as Hugging Face TRL 1.16 GRPOTrainer computes it (``_compute_loss``), by loss_type →
+# what the trainer averages one batch's loss over when it accumulates micro-batches and processes:
+# "tokens" (dapo, cispo: the whole step's completion tokens), "sequences" (grpo, dr_grpo, sapo, luspo: TRL's
+# mean over sequences, then over accumulation steps) or "batches" (bnpo: a mean of per-batch token means).
+GRPO_LOSSES = {"grpo": "sequences", "dr_grpo": "sequences", "dapo": "tokens", "bnpo": "batches",
+               "cispo": "tokens", "sapo": "sequences", "luspo": "sequences"}
+
+
+def grpo_loss(loss_type: str, logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, *,
+              ref_logps: Tensor | None = None, beta: float = 0.0, epsilon: float = 0.2,
+              epsilon_high: float | None = None, importance_sampling: str = "token",
+              max_completion_length: int | None = None, bias_corrected_kl: bool = False,
+              sapo_temperature_pos: float = 1.0, sapo_temperature_neg: float = 1.05) -> Tensor:
+    """The loss of one batch of completions (B, T) with sequence advantages A (B,), as TRL 1.16 computes it.
+
+    Ratio r = exp(log π − log π_old) per token, or per sequence (GSPO, Zheng et al. 2025:
+    exp of the mean over the sequence's tokens). Per-token loss l:
+      grpo, dr_grpo, dapo, bnpo, luspo: −min(r·A, clip(r, 1 − ε, 1 + ε_high)·A)   (Shao et al. 2024; DAPO's
+        clip-higher ε_high, Yu et al. 2025);
+      cispo: −sg(min(r, ε_high))·A·log π   (MiniMax-M1, 2025; ε_high is the cap on r, no lower clip);
+      sapo: −σ(τ(r − 1))·4/τ·A, τ = τ_pos if A > 0 else τ_neg   (Soft Adaptive Policy Optimization, 2025).
+    KL (β ≠ 0): + β·k3, k3 = exp(ref − log π) − (ref − log π) − 1, times r with ``bias_corrected_kl``
+    (DeepSeek-V3.2). Aggregation over mask m, nᵢ = Σₜ mᵢₜ: grpo, sapo: meanᵢ Σₜ m·l / max(nᵢ, 1);
+    dapo, bnpo, cispo: Σ m·l / max(Σ m, 1); dr_grpo: Σ m·l / (B·max_completion_length) (Liu et al. 2025,
+    None → T); luspo: meanᵢ Σₜ m·l (a sequence's loss scaled by its length).
+    """
+    if loss_type not in GRPO_LOSSES:
+        raise ValueError(f"unknown GRPO loss_type {loss_type!r}; choose one of {', '.join(GRPO_LOSSES)}")
+    mask = mask.to(logps.dtype)
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    adv = advantages.to(logps.dtype).unsqueeze(1)
+    log_ratio = (logps - old_logps) * mask        # masked positions hold arbitrary numbers
+    if importance_sampling == "token":
+        log_weights = log_ratio
+    elif importance_sampling == "sequence":
+        log_weights = (log_ratio.sum(1) / mask.sum(1).clamp(min=1)).unsqueeze(1)
+    else:
+        raise ValueError(f"unknown importance_sampling {importance_sampling!r}; choose token or sequence")
+    ratio = torch.exp(log_weights)
+    if loss_type == "cispo":
+        per_token = -torch.clamp(ratio, max=eps_high).detach() * adv * logps
+    elif loss_type == "sapo":
+        tau = torch.where(adv > 0, torch.full_like(adv, sapo_temperature_pos),
+                          torch.full_like(adv, sapo_temperature_neg))
+        per_token = -torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv
+    else:
+        per_token = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + eps_high) * adv)
+    if beta != 0.0:
+        if ref_logps is None:
+            raise ValueError("beta ≠ 0 needs ref_logps")
+        kl = kl_estimate(logps * mask, ref_logps * mask, "k3")
+        per_token = per_token + beta * (kl * ratio if bias_corrected_kl else kl)
+    per_token = per_token * mask
+    if loss_type in ("grpo", "sapo"):
+        return (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
+    if loss_type == "luspo":
+        return per_token.sum(1).mean()
+    if loss_type == "dr_grpo":
+        return per_token.sum() / (logps.shape[0] * (max_completion_length or logps.shape[1]))
+    return per_token.sum() / mask.sum().clamp(min=1)
+
+
+def grpo_loss_weight(loss_type: str, mask: Tensor) -> int:
+    """How much of one step's accumulated batch a micro-batch is, in GRPO_LOSSES' unit: the trainer sums
+    weight × ``grpo_loss`` over micro-batches and processes and divides by the summed weights, which is TRL's
+    normalisation when one optimizer step covers one generation batch."""
+    unit = GRPO_LOSSES[loss_type]
+    return int(mask.sum()) if unit == "tokens" else mask.shape[0] if unit == "sequences" else 1

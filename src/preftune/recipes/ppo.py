@@ -4,9 +4,12 @@ under a per-token KL penalty to the frozen π_ref — or critic-free with RLOO o
 Per "The N implementation details of RLHF with PPO" (Huang et al. 2024): sampled tokens' log-probs
 are recomputed with a training-precision forward; the per-token reward is −β·KL_t plus the sequence
 reward on the last response token; the critic starts from the reward model; GAE, advantage
-whitening, clipped surrogate and value losses, entropy bonus, several epochs of minibatches.
-One loop step is one minibatch update; each iteration's rollout is made when its first update asks
-for it, so checkpoints (taken at iteration boundaries) resume to the same rollouts.
+whitening, clipped surrogate and value losses, entropy bonus, several epochs of minibatches. GRPO
+optimises TRL 1.16's loss family (``losses.ppo.grpo_loss``) on group-normalised sequence advantages.
+No pass runs that no term needs: no reference without a KL term, no old-policy pass with one update
+per rollout (its own detached log-probs are the old ones). One loop step is one minibatch update; each
+iteration's rollout is made when its first update asks for it, so checkpoints (taken at iteration
+boundaries) resume to the same rollouts.
 """
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ import torch
 from torch import nn
 
 from ..data import build_examples, collate
-from ..losses.ppo import gae, kl_estimate, masked_mean, policy_loss, value_loss, whiten
+from ..data.tokenize import IGNORE
+from ..losses.advantages import grpo_advantages, rloo_advantages
+from ..losses.ppo import gae, grpo_loss, grpo_loss_weight, kl_estimate, masked_mean, policy_loss, value_loss, whiten
 from ..models import CausalLMScorer, load_causal_lm, load_reward_model
 from ..models.load import disable_dropout, require_same_tokenizer
 from ..models.logprobs import classifier_outputs, has_score_head
@@ -82,12 +87,17 @@ class Rollouts:
         if self.size % self.minibatch:
             raise ValueError(f"rollout_batch_size·num_samples ({self.size}) must be a multiple of "
                              f"batch_size·grad_accum ({self.minibatch})")
-        self.updates_per_iteration = cfg.ppo_epochs * self.size // self.minibatch
+        self.passes = cfg.num_iterations if cfg.algo == "grpo" else cfg.ppo_epochs
+        self.updates_per_iteration = self.passes * self.size // self.minibatch
+        # with one update per rollout, the update's own detached log-probs are the old ones (TRL does the same)
+        # unless the reward needs the policy's log-probs for its KL term (ppo, rloo): then they are scored first
+        self.score_policy = cfg.algo == "ppo" or self.updates_per_iteration > 1 or (
+            cfg.algo == "rloo" and ref is not None)
         self.prompts = ExampleStream(prompts, list, cfg.rollout_batch_size, 1, seed=cfg.seed,
                                      rank=setup.rank, world=setup.world)
         self.kl = KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.moments = RunningMoments() if cfg.normalize_reward else None
-        self.iteration, self.data, self.metrics = -1, None, {}
+        self.iteration, self.data, self._metrics = -1, None, {}
 
     def state(self) -> dict:
         return {"kl_coef": self.kl.value, "reward_moments": self.moments.state_dict() if self.moments else None}
@@ -112,61 +122,74 @@ class Rollouts:
         return batch, scores.to(self.setup.device), torch.tensor(gen.ended, device=self.setup.device), gen, texts
 
     @torch.no_grad()
-    def score(self, batch: dict):
-        """The rollout's old-policy log-probs, mask, values and reference log-probs, over micro-batches
-        of --forward_batch_size sequences (no entropy: the update computes its own when it needs it)."""
+    def score(self, batch: dict, *, policy: bool = True):
+        """The rollout's old-policy log-probs and values (None without ``policy``: no pass), the reference
+        log-probs (None without a reference) and the completion mask, over micro-batches of
+        --forward_batch_size sequences (no entropy: the update computes its own when it needs it)."""
         parts = []
         for i in range(0, len(batch["input_ids"]), self.cfg.forward_batch_size):
             rows = [batch[k][i:i + self.cfg.forward_batch_size] for k in ("input_ids", "attention_mask", "labels")]
-            out = self.model(*rows, with_entropy=False)
-            parts.append((out["logps"], out["mask"], out["values"], self.ref(*rows).logps))
+            out = self.model(*rows, with_entropy=False) if policy else {"logps": None, "values": None}
+            mask = rows[2][:, 1:] != IGNORE
+            parts.append((out["logps"], mask, out["values"], None if self.ref is None else self.ref(*rows).logps))
         return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts))
 
     @torch.no_grad()
     def make(self, iteration: int) -> None:
+        """Sample → score → advantages → store, for one iteration."""
         cfg = self.cfg
         t0 = time.perf_counter()
         batch, raw, ended, gen, _ = self.sample(self.prompts(iteration, 0), self.cfg.num_samples)
         t_gen = time.perf_counter() - t0
         self.model.eval()
-        logps, mask, values, ref_logps = self.score(batch)
+        logps, mask, values, ref_logps = self.score(batch, policy=self.score_policy)
         t_score = time.perf_counter() - t0 - t_gen
         self.model.train()
         maskf = mask.float()
+        if cfg.algo == "grpo" and cfg.mask_truncated_completions:
+            maskf = maskf * ended.float().unsqueeze(1)
         scores = shape_scores(raw, ended, missing_eos_penalty=cfg.missing_eos_penalty, clip=cfg.reward_clip,
                               moments=self.moments, gather=lambda x: distributed.all_gather(x).flatten())
-        kl = kl_estimate(logps, ref_logps, cfg.kl_estimator) * maskf
-        kl_seq = kl.sum(1)
-        beta = self.kl.value
-        last = maskf.shape[1] - 1 - maskf.flip(1).argmax(1)            # last response token
+        kl = None if ref_logps is None or logps is None else kl_estimate(logps, ref_logps, cfg.kl_estimator) * maskf
         data = {**batch, "old_logps": logps, "ref_logps": ref_logps, "mask": maskf}
+        self._metrics = {}
+        data["advantages"] = self.advantages(scores, kl, values, maskf, data)
+        if kl is not None:
+            kl_sum, n = distributed.all_sum([float(kl.sum()), len(kl)], self.setup.device)
+            self.kl.update(kl_sum / n, self.size * self.setup.world)   # one β for every process
+            self._metrics["rollout/kl"] = float(kl.sum(1).mean())
+        lengths = mask.float().sum(1)
+        self._metrics.update({
+            "rollout/reward_mean": float(raw.mean()), "rollout/reward_std": float(raw.std()) if len(raw) > 1 else 0.0,
+            "rollout/kl_coef": self.kl.value, "rollout/response_length": float(lengths.mean()),
+            "rollout/eos_share": float(ended.float().mean()), "rollout/gen_tokens_per_s": gen.tokens / max(t_gen, 1e-9),
+            "rollout/gen_s": t_gen, "rollout/score_s": t_score})
+        self.data, self.iteration = {k: v for k, v in data.items() if v is not None}, iteration
+
+    def advantages(self, scores, kl, values, maskf, data: dict):
+        """PPO: GAE over −β·KL per token plus the sequence reward at the last token; RLOO: leave-one-out over
+        the KL-penalised sequence reward; GRPO: group-normalised sequence rewards, one per completion (N,)."""
+        cfg, k = self.cfg, self.cfg.num_samples
+        beta = self.kl.value
+        if cfg.algo == "grpo":
+            adv, zero_std = grpo_advantages(scores, k, cfg.scale_rewards)
+            self._metrics["frac_reward_zero_std"] = float(zero_std.float().mean())
+            return adv
         if cfg.algo == "ppo":
-            rewards = -beta * kl
+            rewards = -beta * kl if kl is not None else torch.zeros_like(maskf)
+            last = maskf.shape[1] - 1 - maskf.flip(1).argmax(1)            # last response token
             rewards[torch.arange(len(last)), last] += scores
             adv, returns = gae(rewards, values * maskf, maskf, gamma=cfg.gamma, lam=cfg.lam)
             data.update(old_values=values * maskf, returns=returns)
-            self.metrics["critic/explained_variance"] = explained_variance(values, returns, maskf)
+            self._metrics["critic/explained_variance"] = explained_variance(values, returns, maskf)
         else:
-            k = cfg.num_samples
-            seq = (scores - beta * kl_seq if cfg.algo == "rloo" else scores).view(-1, k)
-            if cfg.algo == "rloo":                                      # leave-one-out baseline
-                seq_adv = seq - (seq.sum(1, keepdim=True) - seq) / (k - 1)
-            else:                                                       # GRPO: group-normalised
-                seq_adv = (seq - seq.mean(1, keepdim=True)) / (seq.std(1, keepdim=True) + 1e-4)
-            adv = seq_adv.reshape(-1, 1) * maskf
-        if cfg.whiten_advantages and cfg.algo != "grpo":
-            adv = whiten(adv, maskf)
-        data["advantages"] = adv
-        kl_sum, n = distributed.all_sum([float(kl_seq.sum()), len(kl_seq)], self.setup.device)
-        self.kl.update(kl_sum / n, self.size * self.setup.world)   # one β for every process
-        lengths = maskf.sum(1)
-        self.metrics.update({
-            "rollout/reward_mean": float(raw.mean()), "rollout/reward_std": float(raw.std()) if len(raw) > 1 else 0.0,
-            "rollout/kl": float(kl_seq.mean()), "rollout/kl_coef": beta,
-            "rollout/response_length": float(lengths.mean()),
-            "rollout/eos_share": float(ended.float().mean()), "rollout/gen_tokens_per_s": gen.tokens / max(t_gen, 1e-9),
-            "rollout/gen_s": t_gen, "rollout/score_s": t_score})
-        self.data, self.iteration = data, iteration
+            penalised = scores - beta * kl.sum(1) if kl is not None else scores
+            adv = rloo_advantages(penalised, k).reshape(-1, 1) * maskf
+        return whiten(adv, maskf) if cfg.whiten_advantages else adv
+
+    def metrics(self) -> dict:
+        """The current rollout's metrics (reward, KL, lengths, timings)."""
+        return dict(self._metrics)
 
     def __call__(self, step: int, micro: int) -> dict:
         iteration, update = divmod(step, self.updates_per_iteration)
@@ -180,40 +203,69 @@ class Rollouts:
         part = {k: v[idx] for k, v in self.data.items()}
         # trim columns that are padding in every row of this micro-batch
         width = int(part["attention_mask"].sum(0).nonzero().max()) + 1
-        part = {k: v[:, :width] if k in ("input_ids", "attention_mask", "labels") else v[:, :width - 1]
-                for k, v in part.items()}
-        part["rollout_metrics"] = dict(self.metrics)
-        return part
+        return {k: v[:, :width] if k in ("input_ids", "attention_mask", "labels") else v[:, :width - 1]
+                if v.dim() == 2 else v for k, v in part.items()}
 
 
-def make_step(cfg, ptx=None):
+def make_step(cfg, rollouts: Rollouts, ptx=None):
     def step(model, batch):
         extra = move(ptx(), batch["input_ids"].device) if ptx is not None else None
         out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], ptx=extra,
                     with_entropy=cfg.ent_coef > 0)   # no full-vocabulary entropy (or its graph) without a bonus
         logps, entropy, values, m = out["logps"], out["entropy"], out["values"], batch["mask"]
-        pg, clipped = policy_loss(logps, batch["old_logps"], batch["advantages"], clip=cfg.clip_range)
-        per_token = pg
+        old = batch["old_logps"] if "old_logps" in batch else logps.detach()
+        if cfg.algo == "grpo":
+            loss, metrics = grpo_step_loss(cfg, logps, old, batch, m)
+        else:
+            pg, clipped = policy_loss(logps, old, batch["advantages"], clip=cfg.clip_range)
+            loss = (pg * m).sum()
+            metrics = {"policy/loss": float(masked_mean(pg.detach(), m)),
+                       "policy/clipfrac": float(masked_mean(clipped, m))}
+        weight = count(cfg, batch)
         with torch.no_grad():
-            metrics = {"policy/loss": float(masked_mean(pg, m)), "policy/clipfrac": float(masked_mean(clipped, m)),
-                       "policy/approx_kl": float(masked_mean(0.5 * (logps - batch["old_logps"]) ** 2, m))}
+            metrics["policy/approx_kl"] = float(masked_mean(0.5 * (logps - old) ** 2, m))
         if entropy is not None:
-            per_token = per_token - cfg.ent_coef * entropy
+            loss = loss - cfg.ent_coef * masked_mean(entropy, m) * weight
             metrics["policy/entropy"] = float(masked_mean(entropy.detach(), m))
         if values is not None:
             vl = value_loss(values, batch["old_values"], batch["returns"], clip=cfg.clip_range_value)
-            per_token = per_token + cfg.vf_coef * vl
+            loss = loss + cfg.vf_coef * (vl * m).sum()
             metrics["critic/loss"] = float(masked_mean(vl.detach(), m))
-        if cfg.algo == "grpo":
-            per_token = per_token + cfg.kl_coef * kl_estimate(logps, batch["ref_logps"], "k3")
-        loss = (per_token * m).sum()
         if extra is not None:
-            # γ·(mean LM loss on pretraining text), scaled so the loop's per-token normalisation keeps γ
-            loss = loss + cfg.ptx_coef * out["ptx_nll"] * m.sum()
+            # γ·(mean LM loss on pretraining text), scaled so the loop's normalisation keeps γ
+            loss = loss + cfg.ptx_coef * out["ptx_nll"] * weight
             metrics["ptx/nll"] = float(out["ptx_nll"].detach())
-        metrics.update(batch["rollout_metrics"])
+        metrics.update(rollouts.metrics())
         return loss, metrics
     return step
+
+
+def grpo_step_loss(cfg, logps, old, batch, m):
+    """TRL's GRPO loss of this micro-batch, times its weight (the loop divides by the step's summed weights)."""
+    loss = grpo_loss(cfg.loss_type, logps, old, batch["advantages"], m, ref_logps=batch.get("ref_logps"),
+                     beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                     importance_sampling=cfg.importance_sampling, max_completion_length=cfg.max_new_tokens,
+                     bias_corrected_kl=cfg.bias_corrected_kl)
+    metrics = {"policy/loss": float(loss.detach())}
+    with torch.no_grad():
+        ratio = torch.exp(logps - old)
+        adv = batch["advantages"].unsqueeze(1)
+        low = (ratio < 1 - cfg.epsilon) & (adv < 0)
+        high = (ratio > 1 + (cfg.epsilon_high or cfg.epsilon)) & (adv > 0)
+        metrics.update({"clip_ratio/low_mean": float(masked_mean(low.float(), m)),
+                        "clip_ratio/high_mean": float(masked_mean(high.float(), m)),
+                        "clip_ratio/region_mean": float(masked_mean((low | high).float(), m))})
+        metrics["policy/clipfrac"] = metrics["clip_ratio/region_mean"]
+        if cfg.beta:
+            metrics["kl"] = float(masked_mean(kl_estimate(logps, batch["ref_logps"], "k3"), m))
+    return loss * grpo_loss_weight(cfg.loss_type, m), metrics
+
+
+def count(cfg, batch) -> int:
+    """What the loop averages a step's loss over: GRPO's unit for its loss_type, else completion tokens."""
+    if cfg.algo == "grpo":
+        return grpo_loss_weight(cfg.loss_type, batch["mask"])
+    return int(batch["mask"].sum())
 
 
 class PtxStream:
@@ -247,15 +299,19 @@ def run_state(rollouts: Rollouts, ptx: PtxStream | None):
 
 @torch.no_grad()
 def evaluate_policy(rollouts: Rollouts, prompts: list[dict]) -> dict:
-    """Mean raw reward, KL(π‖π_ref) per completion (k1 sum), length and EOS share on held-out
-    prompts, each process sampling its share."""
+    """Mean raw reward, KL(π‖π_ref) per completion (k1 sum; with a reference model), length and EOS share
+    on held-out prompts, each process sampling its share."""
     means, setup = Means(), rollouts.setup
     for part, weights in shares(prompts, len(prompts), setup):
         batch, raw, ended, _, _ = rollouts.sample(part, 1)
-        out = rollouts.model(batch["input_ids"], batch["attention_mask"], batch["labels"], with_entropy=False)
-        ref = rollouts.ref(batch["input_ids"], batch["attention_mask"], batch["labels"]).logps
-        means.add(weights, reward=raw.cpu(), kl=((out["logps"] - ref) * out["mask"]).sum(1).cpu(),
-                  response_length=out["mask"].sum(1).float().cpu(), eos_share=ended.float().cpu())
+        rows = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        mask = rows[2][:, 1:] != IGNORE
+        kl = {}
+        if rollouts.ref is not None:
+            logps = rollouts.model(*rows, with_entropy=False)["logps"]
+            kl["kl"] = ((logps - rollouts.ref(*rows).logps) * mask).sum(1).cpu()
+        means.add(weights, reward=raw.cpu(), **kl, response_length=mask.sum(1).float().cpu(),
+                  eos_share=ended.float().cpu())
     return means.result(setup.device)
 
 
@@ -289,6 +345,11 @@ def build_critic(setup, reward, tokenizer, inputs: Inputs):
     return critic
 
 
+def needs_reference(cfg) -> bool:
+    """Whether any term uses π_ref: GRPO's KL loss (β > 0), or the KL penalty in PPO's and RLOO's reward."""
+    return cfg.beta > 0 if cfg.algo == "grpo" else cfg.kl_coef > 0 or cfg.target_kl is not None
+
+
 def load_ppo(setup, inputs: Inputs) -> Parts:
     """Paths or objects → the policy (with its critic), the frozen reference, the reward source and the
     prompts."""
@@ -302,9 +363,11 @@ def load_ppo(setup, inputs: Inputs) -> Parts:
     critic = build_critic(setup, reward_fn, tokenizer, inputs)
     model = ActorCritic(policy, critic, shared_head=cfg.algo == "ppo" and cfg.critic == "shared").to(setup.device)
     disable_dropout(model)
-    ref = CausalLMScorer(reference_model(setup, policy, tokenizer, inputs, adapters_off=False)).eval()
-    if cfg.fsdp:
-        distributed.shard(ref)
+    ref = None
+    if needs_reference(cfg):
+        ref = CausalLMScorer(reference_model(setup, policy, tokenizer, inputs, adapters_off=False)).eval()
+        if cfg.fsdp:
+            distributed.shard(ref)
     return Parts(policy, examples, {"actor_critic": model, "ref": ref, "reward_fn": reward_fn})
 
 
@@ -322,7 +385,7 @@ def build_ppo(setup, parts: Parts) -> Trainer:
     ptx = PtxStream(cfg, tokenizer, setup.bad) if cfg.ptx_coef else None
     eval_prompts = (examples.evals or train)[:cfg.eval_prompts]
     return Trainer(
-        setup, model, rollouts, make_step(cfg, ptx), lambda b: int(b["mask"].sum()), examples=examples,
+        setup, model, rollouts, make_step(cfg, rollouts, ptx), lambda b: count(cfg, b), examples=examples,
         save=parts.model, evaluate=(lambda: evaluate_policy(rollouts, eval_prompts)) if eval_prompts else None,
         steps_per_epoch=len(train) / (cfg.rollout_batch_size * setup.world) * u, step_multiple=u,
         summary_extra={"algo": cfg.algo, "updates_per_iteration": u}, state=run_state(rollouts, ptx),
