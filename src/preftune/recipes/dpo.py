@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..config import SFTConfig, train_options
@@ -55,32 +56,50 @@ def grouped(values: torch.Tensor, batch: dict) -> torch.Tensor:
     return values.view(-1, batch["ranking"].shape[0]).T
 
 
-def precompute(reference: Reference, examples: list[dict], pad_id: int, setup, cache: Path | None, key: str) -> None:
+def precompute(reference: Reference, examples: list[dict], pad_id: int, setup, cache: Path | None) -> None:
     """Attach π_ref log-probs to each example: computed once, each process taking its share, gathered,
-    and cached in the run folder by rank 0 alone (``cache`` None: kept in memory only)."""
-    if cache is None or not cache.exists() or json.loads(cache.with_suffix(".json").read_text()).get("key") != key:
+    and cached in the run folder by rank 0 alone (``cache`` None: kept in memory only). The cache is keyed
+    by content — the reference's weights, the dtype and the rows' tokens — with the key inside the one
+    safetensors file (written atomically), so a model replaced at the same path, new data or a damaged file
+    computes it again."""
+    key = reference_key(reference, setup.cfg.dtype, examples)
+    if cache is not None and cached_key(cache) == key:
+        table = load_file(cache)["ref_logps"]
+    else:
         values = []
         for part, _ in shares(examples, setup.cfg.batch_size, setup):
             batch = move(collate_dpo(part, pad_id), setup.device)
             values.append(grouped(reference(batch), batch).float())
         mine = torch.cat(values)
         table = distributed.all_gather(mine).transpose(0, 1).reshape(-1, mine.shape[1])[:len(examples)].cpu()
-        if cache is None:
-            for e, lp in zip(examples, table):
-                e["ref_logps"] = lp
-            return
-        if setup.rank == 0:
+        if cache is not None and setup.rank == 0:
             tmp = cache.with_name(f".{cache.name}.tmp")
-            save_file({"ref_logps": table.contiguous()}, tmp)
+            save_file({"ref_logps": table.contiguous()}, tmp, metadata={"key": key})
             os.replace(tmp, cache)
-            cache.with_suffix(".json").write_text(json.dumps({"key": key}))
         distributed.barrier()
-    for e, lp in zip(examples, load_file(cache)["ref_logps"]):
+    for e, lp in zip(examples, table):
         e["ref_logps"] = lp
 
 
-def data_key(cfg, examples) -> str:
-    h = hashlib.sha256(json.dumps([cfg.ref_model or cfg.model, cfg.dtype]).encode())
+def cached_key(cache: Path) -> str | None:
+    """The key a reference cache was written with (None: no readable cache)."""
+    try:
+        with safe_open(cache, "pt") as f:
+            if f.keys() != ["ref_logps"]:
+                return None
+            return (f.metadata() or {}).get("key")
+    except Exception:  # noqa: BLE001 - a missing or damaged cache is computed again
+        return None
+
+
+def reference_key(reference: Reference, dtype: str, examples: list[dict]) -> str:
+    """sha256 over the reference's weights (every tensor's name, dtype, shape and bytes, LoRA adapters
+    included: they are off but must match), the dtype and the rows' tokens."""
+    h = hashlib.sha256(dtype.encode())
+    for name, t in sorted(reference.lm.state_dict().items()):
+        t = t.full_tensor() if hasattr(t, "full_tensor") else t   # FSDP2: the same key on every process
+        h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     for e in examples:
         h.update(json.dumps([e["prompt_ids"], completions_of(e)]).encode())
     return h.hexdigest()
@@ -149,8 +168,9 @@ def sft_phase(cfg) -> SFTConfig:
     …) as dpo was given them, SFT's own learning rate, ``--sft_steps`` steps, no LoRA, no checkpoints."""
     folder = None if cfg.output_dir is None else str(Path(cfg.output_dir) / "sft")
     return SFTConfig(**{**train_options(cfg), "output_dir": folder, "max_steps": cfg.sft_steps, "epochs": None,
-                        "lr": SFTConfig.lr, "save_steps": 0, "lora_r": 0, "resume": folder is not None,
-                        "overwrite": False}, sft_on_chosen=True)
+                        "lr": SFTConfig.lr, "save_steps": 0, "lora_r": 0,
+                        "resume": folder is not None and not cfg.overwrite, "overwrite": cfg.overwrite},
+                     sft_on_chosen=True)
 
 
 def sft_reference_first(cfg, inputs: Inputs):
@@ -163,8 +183,8 @@ def sft_reference_first(cfg, inputs: Inputs):
         result = train_sft(sft_cfg, inputs)
         return dataclasses.replace(cfg, sft_on_chosen=False), dataclasses.replace(
             inputs, model=result.model, tokenizer=result.tokenizer)
-    if not (Path(sft_cfg.output_dir) / "summary.json").exists():
-        train_sft(sft_cfg, inputs)
+    if sft_cfg.overwrite or not (Path(sft_cfg.output_dir) / "summary.json").exists():
+        train_sft(sft_cfg, inputs)   # --overwrite trains the phase again (its data or model may be new)
     final = str(Path(sft_cfg.output_dir) / "final")
     return dataclasses.replace(cfg, model=final, sft_on_chosen=False), dataclasses.replace(
         inputs, model=None, tokenizer=None)
@@ -187,12 +207,10 @@ def load_dpo(setup, inputs: Inputs) -> Parts:
     scorer = CausalLMScorer(model)
     reference = None if cfg.loss in REFERENCE_FREE else Reference(setup, scorer, examples.tokenizer, inputs)
     if cfg.ref == "precomputed" and reference is not None:
-        objects = inputs.model is not None or inputs.ref_model is not None   # no path to key a cache on
         for name, part in (("train", examples.train), ("eval", examples.evals)):
             if part:
-                cache = None if setup.run.path is None or objects else \
-                    setup.run.path / f"ref_logps_{name}.safetensors"
-                precompute(reference, part, examples.tokenizer.pad_token_id, setup, cache, data_key(cfg, part))
+                cache = None if setup.run.path is None else setup.run.path / f"ref_logps_{name}.safetensors"
+                precompute(reference, part, examples.tokenizer.pad_token_id, setup, cache)
         reference = None   # free the reference: its log-probs now travel with the data
     return Parts(model, examples, {"scorer": scorer, "reference": reference})
 

@@ -6,13 +6,14 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data import BadRows
 from ..runtime import distributed
-from .run import RunDir
+from .run import ARTEFACTS, RunDir
 
 
 @dataclass
@@ -49,10 +50,32 @@ def start(cfg) -> Setup:
                   f"{cfg.max_length // 2} tokens so that completions keep room")
         cfg.max_prompt_length = cfg.max_length // 2
     seed_everything(cfg.seed)
+    refuse_reading_inside(cfg)
     run = RunDir(cfg.output_dir, main=rank == 0)
     run.claim(resume=cfg.resume, overwrite=cfg.overwrite)
     distributed.barrier()
     return Setup(cfg, run, BadRows(cfg.on_bad_row), rank, world, device)
+
+
+READ_OPTIONS = ("model", "ref_model", "data", "eval_data", "reward", "value_model", "ptx_data")
+
+
+def refuse_reading_inside(cfg) -> None:
+    """A run must not write where it reads: ``--output_dir`` may not be an input, lie inside one, or hold one
+    among its run artefacts (``--overwrite`` removes them: a model given as ``R/final`` would go). An input
+    elsewhere in the folder (a phase's own ``sft/final``) is left alone by ``--overwrite`` and allowed."""
+    if cfg.output_dir is None:
+        return
+    out = Path(cfg.output_dir).resolve()
+    for option in READ_OPTIONS:
+        value = getattr(cfg, option, None)
+        if not isinstance(value, str) or not Path(value).exists():
+            continue
+        read = Path(value).resolve()
+        if read == out or read in out.parents or any(read == out / a or out / a in read.parents for a in ARTEFACTS):
+            where = "is" if read == out else "is inside" if read in out.parents else "holds"
+            raise ValueError(f"--output_dir {cfg.output_dir} {where} --{option} {value}: a run must not write where "
+                             "it reads (--overwrite would delete it); choose another --output_dir")
 
 
 @dataclass
