@@ -60,3 +60,66 @@ def test_sft_on_chosen_phase_is_trained_again_on_overwrite(tiny_model, tmp_path)
         assert main(dpo_args(tiny_model, data, out, "--sft_on_chosen", "true", "--sft_steps", "1",
                              "--overwrite", "true")) == 0
         assert json.loads((out / "sft" / "summary.json").read_text())["train_examples"] == n
+
+
+def checkpointed_run(tiny_model, tmp_path, steps):
+    data = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in corpus(40)])
+    out = tmp_path / "run"
+    return sft_args(tiny_model, data, out, "--save_steps", "2", "--keep_checkpoints", "3", "--max_steps", str(steps)), out
+
+
+def resume_from(args, capsys):
+    """Resume the run; (exit code, captured output)."""
+    code = main([*args, "--resume", "true"])
+    return code, capsys.readouterr()
+
+
+def test_damaged_checkpoint_is_named_and_the_one_before_used(tiny_model, tmp_path, capsys):
+    args, out = checkpointed_run(tiny_model, tmp_path, 4)
+    assert main(args) == 0
+    state = out / "checkpoints" / "step-4" / "trainer_state.pt"
+    raw = bytearray(state.read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 64] = bytes(64)            # 64 flipped bytes
+    state.write_bytes(bytes(raw))
+    capsys.readouterr()
+    code, seen = resume_from(args, capsys)
+    assert code == 0
+    assert "step-4" in seen.err and "checksum" in seen.err and "resumed from" in seen.out and "step-2" in seen.out
+
+
+def test_checkpoint_missing_a_tensor_is_refused(tiny_model, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    args, out = checkpointed_run(tiny_model, tmp_path, 4)
+    assert main(args) == 0
+    weights_file = out / "checkpoints" / "step-4" / "model.safetensors"
+    weights = load_file(weights_file)
+    weights.pop(sorted(weights)[0])
+    save_file(weights, weights_file)
+    capsys.readouterr()
+    code, seen = resume_from(args, capsys)
+    assert code == 0 and "step-4" in seen.err and "step-2" in seen.out
+
+
+def test_non_finite_weights_never_reach_final(tiny_model, tmp_path):
+    import pytest
+    import torch
+    from transformers import AutoModelForCausalLM
+    import preftune
+    from preftune.train import TrainingError
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+
+    def poison(record):
+        if record["step"] == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingError, match="not finite.*final/ was not written"):
+        preftune.sft(model, [{"text": t} for t in corpus(20)], output_dir=str(tmp_path / "r"), max_steps=2,
+                     batch_size=4, max_length=24, progress=False, report_to=["none"], on_log=poison)
+    assert not (tmp_path / "r" / "final").exists()
+
+
+def test_skipped_steps_are_said_as_they_happen(tiny_model, tmp_path, capsys):
+    from test_train import test_non_finite_losses_are_skipped_then_abort
+    test_non_finite_losses_are_skipped_then_abort(tiny_model, tmp_path)
+    err = capsys.readouterr().err
+    assert "step 2: loss or gradient not finite, update skipped (1 in a row, 1 in this run" in err

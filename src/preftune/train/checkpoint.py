@@ -1,11 +1,13 @@
 """Atomic checkpoints: weights (safetensors), optimizer, scheduler, RNG states and step.
 
 A checkpoint is written into a temporary folder and renamed into place, so a killed run leaves
-either a whole checkpoint or none. The data position is a function of the step (see
+either a whole checkpoint or none; ``manifest.json`` holds every file's sha256 and the weights' names
+and shapes, checked before a checkpoint is used (a damaged one is named and passed over). The data position is a function of the step (see
 ``ExampleStream``), so the step is all the loop needs to resume the data.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -52,8 +54,26 @@ def trainable_state(model: torch.nn.Module, masters: dict | None = None) -> dict
     return state
 
 
-def _publish(tmp: Path, final: Path, folder: Path, keep: int) -> Path:
-    """Flush the files written into ``tmp``, rename it into place, keep the last ``keep``."""
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.rglob("*") if f.is_file() and f.name != MANIFEST)
+
+
+def _publish(tmp: Path, final: Path, folder: Path, keep: int, tensors: dict | None = None) -> Path:
+    """Write the manifest (sha256 of every file; ``tensors``: name → shape), flush, rename into place,
+    keep the last ``keep``."""
+    manifest = {"files": {str(f.relative_to(tmp)): _sha256(f) for f in _files(tmp)}, "tensors": tensors}
+    (tmp / MANIFEST).write_text(json.dumps(manifest))
     for f in tmp.rglob("*"):
         if f.is_file():
             with open(f, "rb") as fh:
@@ -73,11 +93,12 @@ def save(folder: Path, step: int, model, optimizer, scheduler, extra: dict, keep
     tmp = folder / f".tmp-{PREFIX}{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model, masters), tmp / "model.safetensors")
+    weights = trainable_state(model, masters)
+    save_file(weights, tmp / "model.safetensors")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
                tmp / "trainer_state.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
-    return _publish(tmp, final, folder, keep)
+    return _publish(tmp, final, folder, keep, {k: list(v.shape) for k, v in weights.items()})
 
 
 def save_sharded(folder: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int, *,
@@ -119,6 +140,7 @@ def read(path: Path) -> dict:
     "state"} (a sharded checkpoint's shards are read by ``apply``, collectively). Raises
     CheckpointError naming the path."""
     try:
+        _verify(path)
         state = json.loads((path / "state.json").read_text())
         sharded = "sharded_over" in state
         if sharded and not (path / "shards" / ".metadata").exists():
@@ -128,6 +150,39 @@ def read(path: Path) -> dict:
     except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
         first = (str(e).strip().splitlines() or [""])[0]
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {first})") from e
+
+
+def _verify(path: Path) -> None:
+    """Every file the manifest lists is there with its sha256, and no file is missing from it (a checkpoint
+    from before manifests is taken as it is)."""
+    if not (path / MANIFEST).exists():
+        return
+    manifest = json.loads((path / MANIFEST).read_text())
+    for name, digest in manifest["files"].items():
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{name} is missing")
+        if _sha256(path / name) != digest:
+            raise ValueError(f"{name} does not match its checksum (damaged)")
+    extra = [str(f.relative_to(path)) for f in _files(path) if str(f.relative_to(path)) not in manifest["files"]]
+    if extra:
+        raise ValueError(f"files not in its manifest: {', '.join(extra[:3])}")
+    if manifest.get("tensors") is not None:
+        with open(path / "model.safetensors", "rb") as f:   # the header: names and shapes, no tensor data
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        shapes = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+        if shapes != manifest["tensors"]:
+            raise ValueError("model.safetensors does not hold the tensors its manifest names")
+
+
+def state_names(model: torch.nn.Module) -> set[str]:
+    """The names ``trainable_state`` saves for ``model`` (tied weights once)."""
+    names, seen = set(), set()
+    for name, t in model.state_dict().items():
+        key = (t.data_ptr(), t.shape) if t.numel() else None
+        if key is None or key not in seen:
+            names.add(name)
+        seen.add(key)
+    return names
 
 
 def apply(saved: dict, model, optimizer, scheduler, *, masters: dict | None = None, world: int | None = None) -> dict:
@@ -151,6 +206,9 @@ def apply(saved: dict, model, optimizer, scheduler, *, masters: dict | None = No
         weights = saved["weights"]
         # Tied weights are stored once; loading one name fills the shared tensor, so only
         # unexpected names are an error.
+        missing = sorted(state_names(model) - set(weights))
+        if missing:
+            raise CheckpointError(f"checkpoint {saved['path']} lacks weights this model has: {missing[:5]}")
         unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
         if unexpected:
             raise CheckpointError(f"checkpoint holds weights this model lacks: {unexpected[:5]}")

@@ -215,6 +215,15 @@ class Trainer:
                             self.cfg.keep_checkpoints, masters=self._masters())
         distributed.barrier()
 
+    def _check_finite(self) -> None:
+        """Refuse to write final/ from weights that are not all finite (each process checks its shards)."""
+        local = {name: p.detach().to_local() if hasattr(p, "to_local") else p.detach()   # FSDP2: own shards
+                 for name, p in self.save.named_parameters()}
+        bad = [name for name, t in local.items() if not bool(torch.isfinite(t).all())]
+        if distributed.all_sum([float(len(bad))], self.device)[0]:
+            raise TrainingError(f"the trained weights are not finite ({', '.join(bad[:3]) or 'on another process'}); "
+                                "final/ was not written (lower --lr, or resume from an earlier checkpoint)")
+
     def train_step(self) -> dict | None:
         """One optimizer step over grad_accum micro-batches; None when skipped (non-finite)."""
         cfg = self.cfg
@@ -279,6 +288,9 @@ class Trainer:
             if metrics is None:
                 self.bad_in_row += 1
                 self.bad_total += 1
+                if self.rank == 0:
+                    print(f"step {self.step}: loss or gradient not finite, update skipped ({self.bad_in_row} in a "
+                          f"row, {self.bad_total} in this run; --max_bad_steps {cfg.max_bad_steps})", file=sys.stderr)
                 if self.bad_in_row >= cfg.max_bad_steps:
                     raise TrainingError(f"loss or gradient was not finite for {self.bad_in_row} steps in a row "
                                         f"(step {self.step}); lower --lr or check the data")
@@ -289,6 +301,7 @@ class Trainer:
             elapsed = time.perf_counter() - start_time
             metrics["tokens_per_s"] = tokens_done / max(elapsed, 1e-9)
             metrics["elapsed_s"] = elapsed
+            metrics["skipped_steps"] = self.bad_total
             last = metrics
             if self.evaluate and (cfg.eval_steps and self.step % cfg.eval_steps == 0 or self.step == self.max_steps):
                 final_eval = self._evaluate()
@@ -321,6 +334,7 @@ class Trainer:
         if self.master is not None:
             self.master.release()
         if self.save is not None and self.run.path is not None:   # every process: FSDP2 gathers for rank 0
+            self._check_finite()
             save_model(self.save, self.examples.tokenizer, self.run.final, merge_lora=cfg.merge_lora,
                        main=self.rank == 0)
         distributed.barrier()
