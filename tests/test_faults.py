@@ -65,7 +65,8 @@ def test_sft_on_chosen_phase_is_trained_again_on_overwrite(tiny_model, tmp_path)
 def checkpointed_run(tiny_model, tmp_path, steps):
     data = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in corpus(40)])
     out = tmp_path / "run"
-    return sft_args(tiny_model, data, out, "--save_steps", "2", "--keep_checkpoints", "3", "--max_steps", str(steps)), out
+    args = sft_args(tiny_model, data, out, "--save_steps", "2", "--keep_checkpoints", "3", "--max_steps", str(steps))
+    return args, out
 
 
 def resume_from(args, capsys):

@@ -2,8 +2,9 @@
 
 A checkpoint is written into a temporary folder and renamed into place, so a killed run leaves
 either a whole checkpoint or none; ``manifest.json`` holds every file's sha256 and the weights' names
-and shapes, checked before a checkpoint is used (a damaged one is named and passed over). The data position is a function of the step (see
-``ExampleStream``), so the step is all the loop needs to resume the data.
+and shapes, checked before a checkpoint is used (a damaged one is named and passed over). The data
+position is a function of the step (see ``ExampleStream``), so the step is all the loop needs to resume
+the data.
 """
 from __future__ import annotations
 
