@@ -65,7 +65,8 @@ def test_sft_on_chosen_phase_is_trained_again_on_overwrite(tiny_model, tmp_path)
 def checkpointed_run(tiny_model, tmp_path, steps):
     data = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in corpus(40)])
     out = tmp_path / "run"
-    args = sft_args(tiny_model, data, out, "--save_steps", "2", "--keep_checkpoints", "3", "--max_steps", str(steps))
+    args = sft_args(tiny_model, data, out, "--save_steps", "2", "--keep_checkpoints", "3", "--lr_scheduler", "constant",
+                    "--max_steps", str(steps))
     return args, out
 
 
@@ -124,3 +125,51 @@ def test_skipped_steps_are_said_as_they_happen(tiny_model, tmp_path, capsys):
     test_non_finite_losses_are_skipped_then_abort(tiny_model, tmp_path)
     err = capsys.readouterr().err
     assert "step 2: loss or gradient not finite, update skipped (1 in a row, 1 in this run" in err
+
+
+def test_resume_drops_a_half_written_last_metrics_line(tiny_model, tmp_path, capsys):
+    args, out = checkpointed_run(tiny_model, tmp_path, 4)
+    assert main(args) == 0
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')
+    (out / "summary.json").unlink()                     # as a run killed after step 4 leaves it
+    code, seen = resume_from([*args[:-1], "6"], capsys)
+    assert code == 0 and "dropped the half-written last line" in seen.out, seen.err
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_full_disk_mid_checkpoint_is_named_and_leaves_nothing(tiny_model, tmp_path, capsys, monkeypatch):
+    from preftune.train import checkpoint
+    args, out = checkpointed_run(tiny_model, tmp_path, 4)
+    real = checkpoint.torch.save
+
+    def full(obj, path, *a, **k):
+        real(obj, path, *a, **k)
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0 | "
+                           "PytorchStreamWriter failed writing file data/3: file write failed")
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if "error:" in line]
+    assert f"error: no space left on {out / 'checkpoints'} for checkpoint step-2 (it was not written" in line
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_finished_runs_summary_survives_another_resume(tiny_model, tmp_path, capsys):
+    args, out = checkpointed_run(tiny_model, tmp_path, 4)
+    assert main(args) == 0
+    before = (out / "summary.json").read_bytes()
+    code, seen = resume_from(args, capsys)
+    assert code == 0 and "already finished at step 4" in seen.out
+    assert (out / "summary.json").read_bytes() == before
+
+
+def test_resume_takes_the_same_model_by_another_path(tiny_model, tmp_path, monkeypatch, capsys):
+    import os
+    args, out = checkpointed_run(tiny_model, tmp_path, 4)
+    assert main([*args[:-1], "2"]) == 0
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(tiny_model, tmp_path)
+    code, seen = resume_from([relative if a == str(tiny_model) else a for a in args], capsys)
+    assert code == 0, seen.err

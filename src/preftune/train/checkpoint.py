@@ -8,11 +8,13 @@ the data.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,24 @@ def _publish(tmp: Path, final: Path, folder: Path, keep: int, tensors: dict | No
     return final
 
 
+class DiskFullError(OSError):
+    """No space left for a checkpoint; the message names the folder."""
+
+
+@contextmanager
+def _disk_full_named(tmp: Path):
+    """A write that fails for want of space (ENOSPC, or torch's ``file write failed``) leaves no temporary
+    folder behind and says so in one line."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if getattr(e, "errno", None) == errno.ENOSPC or "write failed" in str(e) or "No space left" in str(e):
+            raise DiskFullError(f"no space left on {tmp.parent} for checkpoint {tmp.name[5:]} (it was not written; "
+                                "free space, then --resume)") from None
+        raise
+
+
 def save(folder: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int, *,
          masters: dict | None = None) -> Path:
     """One process's whole state (DDP ranks hold the same): weights, optimizer, scheduler, RNG."""
@@ -95,11 +115,12 @@ def save(folder: Path, step: int, model, optimizer, scheduler, extra: dict, keep
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     weights = trainable_state(model, masters)
-    save_file(weights, tmp / "model.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
-               tmp / "trainer_state.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
-    return _publish(tmp, final, folder, keep, {k: list(v.shape) for k, v in weights.items()})
+    with _disk_full_named(tmp):
+        save_file(weights, tmp / "model.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+                   tmp / "trainer_state.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
+        return _publish(tmp, final, folder, keep, {k: list(v.shape) for k, v in weights.items()})
 
 
 def save_sharded(folder: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int, *,

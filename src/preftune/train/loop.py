@@ -11,7 +11,9 @@ batch 2B and two processes with batch B give the same gradient.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -39,9 +41,17 @@ MAY_CHANGE_ON_RESUME = frozenset({"output_dir", "data", "eval_data", "eval_fract
                                   "overwrite", "threads", "max_bad_steps", "on_bad_row", "eval_prompts"})
 
 
+PATH_OPTIONS = ("model", "ref_model", "data", "eval_data", "reward", "value_model", "ptx_data", "tokenizer")
+
+
 def resume_settings(cfg) -> dict:
-    """The config values a checkpoint records and a resume must match."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in MAY_CHANGE_ON_RESUME}
+    """The config values a checkpoint records and a resume must match; a local path as its resolved
+    absolute path (the same model spelt ``./m`` or ``../run/m`` is the same model)."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in MAY_CHANGE_ON_RESUME}
+    for k in PATH_OPTIONS:
+        if isinstance(settings.get(k), str) and os.path.exists(settings[k]):
+            settings[k] = os.path.realpath(settings[k])
+    return settings
 
 
 def lr_schedule(kind: str, warmup: int, total: int) -> Callable[[int], float]:
@@ -193,7 +203,10 @@ class Trainer:
         self.run.truncate_metrics(0)
 
     def _check_same_run(self, state: dict, path) -> None:
-        saved, now = state.get("config", {}), resume_settings(self.cfg)
+        saved, now = dict(state.get("config", {})), resume_settings(self.cfg)
+        for k in PATH_OPTIONS:   # a checkpoint from before paths were resolved
+            if isinstance(saved.get(k), str) and isinstance(now.get(k), str) and os.path.exists(saved[k]):
+                saved[k] = os.path.realpath(saved[k])
         changed = [f"--{k} {saved[k]!r} → {now.get(k)!r}" for k in sorted(saved) if saved[k] != now.get(k)]
         if self.cfg.lr_scheduler != "constant" and state.get("total_steps", self.max_steps) != self.max_steps:
             changed.append(f"the run's length, {state['total_steps']} → {self.max_steps} steps (its "
@@ -277,6 +290,13 @@ class Trainer:
         cfg = self.cfg
         if cfg.resume:
             self._resume()
+        finished = self.run.path is not None and (self.run.path / "summary.json").exists()
+        if cfg.resume and finished and self.step >= self.max_steps:
+            if self.rank == 0:
+                print(f"--resume: the run in {self.run.path} already finished at step {self.step}; nothing to do "
+                      "(raise --max_steps to train on)")
+            self.run.close()
+            return json.loads((self.run.path / "summary.json").read_text())
         self.run.begin(cfg, overwrite=cfg.overwrite)
         start_step, start_time = self.step, time.perf_counter()
         bar = tqdm(total=self.max_steps, initial=self.step, disable=self.rank != 0 or not cfg.progress,

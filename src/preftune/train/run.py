@@ -120,9 +120,21 @@ class RunDir:
         """On resume: drop lines a killed run logged after its last checkpoint (all of them when it
         made none)."""
         f = self.path / "metrics.jsonl"
-        if self.main and f.exists():
-            kept = [line for line in f.read_text().splitlines() if json.loads(line)["step"] <= after_step]
-            f.write_text("".join(line + "\n" for line in kept))
+        if not (self.main and f.exists()):
+            return
+        lines, kept = f.read_text(errors="replace").splitlines(), []
+        for i, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if i < len(lines):
+                    raise ValueError(f"--resume: {f} line {i} is not JSON (only a last line cut short by a full disk "
+                                     "or a kill is dropped)") from None
+                print(f"--resume: dropped the half-written last line of {f}")
+                continue
+            if record["step"] <= after_step:
+                kept.append(line)
+        f.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.main:
