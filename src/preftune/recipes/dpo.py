@@ -56,13 +56,14 @@ def grouped(values: torch.Tensor, batch: dict) -> torch.Tensor:
     return values.view(-1, batch["ranking"].shape[0]).T
 
 
-def precompute(reference: Reference, examples: list[dict], pad_id: int, setup, cache: Path | None) -> None:
+def precompute(reference: Reference, examples: list[dict], pad_id: int, setup, cache: Path | None,
+               weights: str) -> None:
     """Attach π_ref log-probs to each example: computed once, each process taking its share, gathered,
     and cached in the run folder by rank 0 alone (``cache`` None: kept in memory only). The cache is keyed
     by content — the reference's weights, the dtype and the rows' tokens — with the key inside the one
     safetensors file (written atomically), so a model replaced at the same path, new data or a damaged file
     computes it again."""
-    key = reference_key(reference, setup.cfg.dtype, examples)
+    key = data_key(weights, examples)
     if cache is not None and cached_key(cache) == key:
         table = load_file(cache)["ref_logps"]
     else:
@@ -92,14 +93,20 @@ def cached_key(cache: Path) -> str | None:
         return None
 
 
-def reference_key(reference: Reference, dtype: str, examples: list[dict]) -> str:
+def weights_key(reference: Reference, dtype: str) -> str:
     """sha256 over the reference's weights (every tensor's name, dtype, shape and bytes, LoRA adapters
-    included: they are off but must match), the dtype and the rows' tokens."""
+    included: they are off but must match) and the dtype the log-probs are computed in."""
     h = hashlib.sha256(dtype.encode())
     for name, t in sorted(reference.lm.state_dict().items()):
         t = t.full_tensor() if hasattr(t, "full_tensor") else t   # FSDP2: the same key on every process
         h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def data_key(weights: str, examples: list[dict]) -> str:
+    """The cache key: the reference's ``weights_key`` and the rows' tokens."""
+    h = hashlib.sha256(weights.encode())
     for e in examples:
         h.update(json.dumps([e["prompt_ids"], completions_of(e)]).encode())
     return h.hexdigest()
@@ -207,10 +214,11 @@ def load_dpo(setup, inputs: Inputs) -> Parts:
     scorer = CausalLMScorer(model)
     reference = None if cfg.loss in REFERENCE_FREE else Reference(setup, scorer, examples.tokenizer, inputs)
     if cfg.ref == "precomputed" and reference is not None:
+        weights = weights_key(reference, cfg.dtype)   # hashed once for both splits
         for name, part in (("train", examples.train), ("eval", examples.evals)):
             if part:
                 cache = None if setup.run.path is None else setup.run.path / f"ref_logps_{name}.safetensors"
-                precompute(reference, part, examples.tokenizer.pad_token_id, setup, cache)
+                precompute(reference, part, examples.tokenizer.pad_token_id, setup, cache, weights)
         reference = None   # free the reference: its log-probs now travel with the data
     return Parts(model, examples, {"scorer": scorer, "reference": reference})
 

@@ -29,6 +29,7 @@ from ..runtime import distributed
 from ..runtime.device import move
 from . import checkpoint
 from .precision import MasterWeights
+from .run import INPUT_OPTIONS
 
 
 class TrainingError(RuntimeError):
@@ -41,14 +42,11 @@ MAY_CHANGE_ON_RESUME = frozenset({"output_dir", "data", "eval_data", "eval_fract
                                   "overwrite", "threads", "max_bad_steps", "on_bad_row", "eval_prompts"})
 
 
-PATH_OPTIONS = ("model", "ref_model", "data", "eval_data", "reward", "value_model", "ptx_data", "tokenizer")
-
-
 def resume_settings(cfg) -> dict:
     """The config values a checkpoint records and a resume must match; a local path as its resolved
     absolute path (the same model spelt ``./m`` or ``../run/m`` is the same model)."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in MAY_CHANGE_ON_RESUME}
-    for k in PATH_OPTIONS:
+    for k in INPUT_OPTIONS:
         if isinstance(settings.get(k), str) and os.path.exists(settings[k]):
             settings[k] = os.path.realpath(settings[k])
     return settings
@@ -204,7 +202,7 @@ class Trainer:
 
     def _check_same_run(self, state: dict, path) -> None:
         saved, now = dict(state.get("config", {})), resume_settings(self.cfg)
-        for k in PATH_OPTIONS:   # a checkpoint from before paths were resolved
+        for k in INPUT_OPTIONS:   # a checkpoint from before paths were resolved
             if isinstance(saved.get(k), str) and isinstance(now.get(k), str) and os.path.exists(saved[k]):
                 saved[k] = os.path.realpath(saved[k])
         changed = [f"--{k} {saved[k]!r} → {now.get(k)!r}" for k in sorted(saved) if saved[k] != now.get(k)]

@@ -20,6 +20,8 @@ from .trackers import open_trackers, scalars
 
 # what training writes; --overwrite removes exactly these once the new run starts training
 ARTEFACTS = ("metrics.jsonl", "summary.json", "checkpoints", "final", "tensorboard", "wandb")
+# the options that name what a run reads (models, data, rewards): never written over, compared resolved on resume
+INPUT_OPTIONS = ("model", "ref_model", "data", "eval_data", "reward", "value_model", "ptx_data")
 LOCK = ".lock"
 _HELD: list["RunDir"] = []   # folders this process has locked
 

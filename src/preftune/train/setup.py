@@ -13,7 +13,7 @@ import torch
 
 from ..data import BadRows
 from ..runtime import distributed
-from .run import ARTEFACTS, RunDir
+from .run import ARTEFACTS, INPUT_OPTIONS, RunDir
 
 
 @dataclass
@@ -57,9 +57,6 @@ def start(cfg) -> Setup:
     return Setup(cfg, run, BadRows(cfg.on_bad_row), rank, world, device)
 
 
-READ_OPTIONS = ("model", "ref_model", "data", "eval_data", "reward", "value_model", "ptx_data")
-
-
 def refuse_reading_inside(cfg) -> None:
     """A run must not write where it reads: ``--output_dir`` may not be an input, lie inside one, or hold one
     among its run artefacts (``--overwrite`` removes them: a model given as ``R/final`` would go). An input
@@ -67,7 +64,7 @@ def refuse_reading_inside(cfg) -> None:
     if cfg.output_dir is None:
         return
     out = Path(cfg.output_dir).resolve()
-    for option in READ_OPTIONS:
+    for option in INPUT_OPTIONS:
         value = getattr(cfg, option, None)
         if not isinstance(value, str) or not Path(value).exists():
             continue
